@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich import box
 from rich.table import Table
 
 from dream3d.errors import UserError
@@ -55,15 +56,9 @@ def generate(
     if resume is None:
         if prompt is None or not prompt.strip():
             raise UserError("the prompt is empty: give a text such as \"a red cube\"")
-        flags = {
-            "prompt": prompt, "model": model, "seed": seed, "device": device, "negative_prompt": negative,
-            "representation.name": representation, "guidance.name": guidance, "train.steps": steps,
-            "train.resolution": resolution, "allow_unknown_words": allow_unknown_words or None,
-        }
-        if representation is not None:  # a new representation does not inherit the preset's options
-            flags = {"representation": {"name": representation}, **{k: v for k, v in flags.items() if k != "representation.name"}}
-        if guidance is not None:
-            flags = {"guidance": {"name": guidance}, **{k: v for k, v in flags.items() if k != "guidance.name"}}
+        flags = presets.run_flags(prompt, model=model, seed=seed, device=device, negative_prompt=negative,
+                                  representation=representation, guidance=guidance, steps=steps,
+                                  resolution=resolution, allow_unknown_words=allow_unknown_words)
         cfg = presets.resolve(preset, flags, set_)
     progress = step_progress()
     task = {}
@@ -125,6 +120,64 @@ def export(
     files = pipeline.export_run(run_dir, mesh=mesh, video=video, formats=formats, mesh_resolution=resolution,
                                 texture_size=texture, video_panels=list(panels) if panels else None,
                                 decimate_faces=decimate)
+    for name, path in files.items():
+        console.print(f"{name}: {path}")
+
+
+@app.command()
+def batch(
+    files: List[Path] = typer.Argument(..., help="Prompt files: .txt (one prompt a line) or .yaml (entries with settings)."),
+    out: Optional[Path] = typer.Option(None, help="Batch folder (default: outputs/<first file's name>)."),
+    workers: int = typer.Option(1, help="Local worker processes (each on its own GPU when there are several)."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run entries as Ray tasks: auto, ray://HOST:10001, or local."),
+    retries: int = typer.Option(1, help="Further tries of an entry that failed unexpectedly or lost its worker."),
+    fail_fast: bool = typer.Option(False, "--fail-fast", help="Start no new entry after one has failed."),
+    model: Optional[str] = typer.Option(None, help="Prior for every entry (overrides the files)."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda for every entry."),
+    set_: List[str] = typer.Option([], "--set", help="Override a config field of every entry: key=value (repeatable)."),
+    evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Score each finished run with the shipped classifier."),
+) -> None:
+    """Run every prompt of some prompt files, one run folder each; re-run to resume. Writes batch.json."""
+    from dream3d.batch.promptfile import read_prompt_files
+    from dream3d.batch.runner import BatchOptions, run_batch, summary_rows
+
+    entries = read_prompt_files(list(files))
+    if not entries:
+        raise UserError(f"no prompts in {', '.join(map(str, files))}")
+    opts = BatchOptions(out=out or Path("outputs") / files[0].stem, workers=workers, ray=ray, retries=retries,
+                        fail_fast=fail_fast, model=model, device=device, overrides=list(set_), evaluate=evaluate)
+    result = run_batch(entries, opts, console)
+    table = Table(title=f"batch: {opts.out / 'batch.json'}", title_justify="left", box=box.SIMPLE_HEAD)
+    # Errors are printed in full as entries fail, and kept in batch.json.
+    table.add_column("entry", no_wrap=True)
+    for name, width in (("state", 6), ("tries", 5), ("seconds", 7), ("object/colour", 13)):
+        table.add_column(name, no_wrap=True, width=width)
+    pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"  # noqa: E731
+    for rec in summary_rows(opts.out, list(result.states)):
+        scores = rec["eval"] or {}
+        colour = {"done": "green", "failed": "red"}.get(rec["state"], "yellow")
+        table.add_row(rec["id"], f"[{colour}]{rec['state']}[/]", str(rec["attempts"]),
+                      "" if rec["seconds"] is None else f"{rec['seconds']:.1f}",
+                      f"{pct(scores.get('object_accuracy'))}/{pct(scores.get('colour_accuracy'))}" if scores else "")
+    console.print(table)
+    counts = {s: list(result.states.values()).count(s) for s in ("done", "failed", "queued")}
+    console.print(f"{counts['done']} done, {counts['failed']} failed, {counts['queued']} not run")
+    if result.interrupted:
+        console.print("[yellow]interrupted[/]: run the same command again to continue")
+        raise typer.Exit(130)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def gallery(
+    folder: Path = typer.Argument(..., help="A batch folder, or any folder holding run folders."),
+    contact_sheet: bool = typer.Option(True, "--contact-sheet/--no-contact-sheet", help="Also write contact-sheet.png."),
+) -> None:
+    """Write index.html (videos, previews, scores, interactive 3D view) for every run under a folder."""
+    from dream3d.gallery import write_gallery
+
+    files = write_gallery(folder, contact_sheet=contact_sheet, console=console)
     for name, path in files.items():
         console.print(f"{name}: {path}")
 

@@ -66,9 +66,12 @@ def generate(
     resume: Path | None = None,
     on_start: Callable | None = None,
     on_step: Callable | None = None,
+    run_dir: Path | None = None,
 ) -> Path:
     """Run (or resume) a whole generation, stage after stage; returns the run folder.
-    `on_start(run_dir, trainer)` is called as each stage starts, `on_step(log)` after each step."""
+    `on_start(run_dir, trainer)` is called as each stage starts, `on_step(log)` after each step.
+    `run_dir` names the folder of a fresh run (a batch needs a name it can find again);
+    by default it is a new `<prompt-slug>-<timestamp>` folder under `out_root`."""
     from dream3d.representations.convert import check_chain, convert
 
     if resume is not None:
@@ -82,7 +85,10 @@ def generate(
     torch.manual_seed(cfg.seed)
     prior, prompt = load_prior_for(cfg, device)
     if resume is None:
-        run_dir = new_run_dir(out_root, cfg.prompt)
+        if run_dir is None:
+            run_dir = new_run_dir(out_root, cfg.prompt)
+        else:
+            run_dir = fixed_run_dir(Path(run_dir))
         config_mod.save(cfg, run_dir / "config.yaml")
     info = RunInfo(run_dir)
     info.update(status="running", prompt=cfg.prompt, seed=cfg.seed, device=str(device), versions=versions(),
@@ -118,6 +124,17 @@ def generate(
         export_run(run_dir, rep=previous, cfg=cfg)
     info.update(status="done")
     return run_dir
+
+
+def fixed_run_dir(path: Path) -> Path:
+    """A named fresh run folder: created if missing, refused if it already holds a run."""
+    if (path / "config.yaml").exists():
+        raise UserError(f"{path} already holds a run; continue it with --resume")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the run folder {path}: {e.strerror}") from None
+    return path
 
 
 def load_run(run_dir: Path, device: torch.device | None = None):

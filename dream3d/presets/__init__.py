@@ -105,6 +105,23 @@ def split_steps(total: int, weights: list[int]) -> list[int]:
     return [1 + n for n in shares]
 
 
+def run_flags(prompt: str, model: str | None = None, seed: int | None = None, device: str | None = None,
+              negative_prompt: str | None = None, representation: str | None = None, guidance: str | None = None,
+              steps: int | None = None, resolution: int | None = None,
+              allow_unknown_words: bool | None = None) -> dict[str, Any]:
+    """The flags of `generate` (and of each batch entry) as `resolve` takes them; None = not given."""
+    flags: dict[str, Any] = {
+        "prompt": prompt, "model": model, "seed": seed, "device": device, "negative_prompt": negative_prompt,
+        "train.steps": steps, "train.resolution": resolution, "allow_unknown_words": allow_unknown_words or None,
+    }
+    # A newly named component does not inherit the preset's options (they belong to another class).
+    if representation is not None:
+        flags = {"representation": {"name": representation}, **flags}
+    if guidance is not None:
+        flags = {"guidance": {"name": guidance}, **flags}
+    return flags
+
+
 def resolve(preset: str | None, flags: dict[str, Any], overrides: list[str]) -> RunConfig:
     """Preset < CLI flags (dotted keys, None = not given) < --set overrides.
     `train.steps` and `train.resolution` flags apply to every stage."""

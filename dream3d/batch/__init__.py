@@ -1,0 +1,1 @@
+"""Batches of runs from prompt files: parsing, the manifest, local and Ray execution."""
