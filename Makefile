@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 
 tools/node/.installed: tools/node/package.json tools/node/package-lock.json
 	@if command -v npm >/dev/null 2>&1; then npm ci --silent --no-audit --no-fund --prefix tools/node && touch $@; \
-	else echo "npm not found: the glTF validator test will be skipped"; fi
+	else echo "npm not found: the glTF validator and gallery browser tests will be skipped"; fi
 
 # Debian's chromium, for the gallery's headless-browser test (playwright-core drives it; it downloads no browser).
 browser:

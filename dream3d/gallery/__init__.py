@@ -1,0 +1,57 @@
+"""`dream3d gallery DIR`: a static page (and a contact-sheet PNG) of every run under a folder."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dream3d.atomic import atomic_paths, write_text_atomic
+from dream3d.errors import UserError
+from dream3d.gallery.collect import RunCard, collect
+from dream3d.gallery.page import render_page
+from dream3d.gallery.sheet import write_contact_sheet
+
+VIEWER_FILE = "model-viewer.min.js"
+# Where the project's set-up (`npm ci --prefix tools/node`) puts Google's <model-viewer>.
+REPO_VIEWER = Path(__file__).resolve().parents[2] / "tools" / "node" / "node_modules" / "@google" / "model-viewer" / \
+    "dist" / VIEWER_FILE
+
+__all__ = ["RunCard", "collect", "find_model_viewer", "write_gallery"]
+
+
+def find_model_viewer() -> Path | None:
+    """The self-contained model-viewer build: $DREAM3D_MODEL_VIEWER, else the repository's npm install."""
+    env = os.environ.get("DREAM3D_MODEL_VIEWER")
+    for candidate in ([Path(env)] if env else []) + [REPO_VIEWER]:
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _copy(src: Path, dst: Path) -> None:
+    if dst.is_file() and dst.stat().st_size == src.stat().st_size and dst.stat().st_mtime >= src.stat().st_mtime:
+        return
+    with atomic_paths([dst]) as (tmp,):
+        tmp.write_bytes(src.read_bytes())
+
+
+def write_gallery(folder: Path, contact_sheet: bool = True, console=None) -> dict[str, Path]:
+    """Write `index.html` (and `contact-sheet.png`) into `folder`; returns what was written."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder")
+    cards = collect(folder)
+    if not cards:
+        raise UserError(f"no runs under {folder} (a run folder has a run.json; a batch folder a batch.json)")
+    files: dict[str, Path] = {}
+    viewer = find_model_viewer()
+    if viewer is not None:
+        _copy(viewer, folder / VIEWER_FILE)  # next to the page: no CDN, works offline
+        files["model-viewer"] = folder / VIEWER_FILE
+    elif console is not None:
+        console.print("[yellow]warning[/]: <model-viewer> not found (npm ci --prefix tools/node, or set "
+                      "DREAM3D_MODEL_VIEWER); the page links the meshes instead of showing them")
+    page = render_page(cards, folder, f"dream3d: {folder.resolve().name}", VIEWER_FILE if viewer else None)
+    files["page"] = write_text_atomic(folder / "index.html", page)
+    if contact_sheet:
+        files["contact sheet"] = write_contact_sheet(cards, folder / "contact-sheet.png")
+    return files

@@ -1,0 +1,119 @@
+"""The gallery's index.html: one card per run, static, every path relative (works offline).
+
+The 3D view is Google's <model-viewer> web component (npm @google/model-viewer,
+its self-contained build copied next to the page); the turntable is a <video>
+with the MP4, falling back to the GIF when the browser cannot decode it.
+"""
+from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
+from urllib.parse import quote
+
+from dream3d.gallery.collect import RunCard
+
+STYLE = """
+:root { color-scheme: light dark; --card: #f4f4f2; --muted: #666; }
+@media (prefers-color-scheme: dark) { :root { --card: #232323; --muted: #aaa; } }
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5rem; }
+header p { color: var(--muted); margin: 0.2rem 0 1rem; }
+main { display: grid; grid-template-columns: repeat(auto-fill, minmax(340px, 1fr)); gap: 1rem; }
+article { background: var(--card); border-radius: 8px; padding: 0.8rem; }
+article h2 { font-size: 1.05rem; margin: 0 0 0.3rem; }
+.state { font-size: 0.75rem; padding: 0.05rem 0.4rem; border-radius: 4px; background: #888; color: #fff; }
+.state.done { background: #2e7d32; } .state.failed { background: #c62828; } .state.running { background: #ef6c00; }
+.media { display: flex; flex-direction: column; gap: 0.4rem; margin: 0.5rem 0; }
+model-viewer { width: 100%; height: 280px; background: #b3b3b3; border-radius: 4px; }
+.media video, .media img.turntable { width: 100%; border-radius: 4px; image-rendering: pixelated; }
+img.preview { width: 100%; image-rendering: pixelated; border-radius: 4px; }
+dl { display: grid; grid-template-columns: max-content 1fr; gap: 0.1rem 0.6rem; margin: 0.4rem 0; }
+dt { color: var(--muted); } dd { margin: 0; overflow-wrap: anywhere; }
+.error { color: #c62828; overflow-wrap: anywhere; }
+.nofile { display: flex; align-items: center; justify-content: center; color: var(--muted); }
+"""
+
+# A <video> whose every source fails (no decoder for it) shows the run's GIF instead.
+SCRIPT = """
+for (const video of document.querySelectorAll("video[data-fallback]")) {
+  const sources = video.querySelectorAll("source");
+  const last = sources[sources.length - 1];
+  if (!last) continue;
+  last.addEventListener("error", () => {
+    const img = document.createElement("img");
+    img.src = video.dataset.fallback;
+    img.className = "turntable";
+    img.alt = video.getAttribute("aria-label") || "turntable";
+    video.replaceWith(img);
+  });
+}
+"""
+
+SCORES = (("object_accuracy", "object"), ("colour_accuracy", "colour"), ("r_precision", "R-precision@1"),
+          ("view_accuracy", "view"), ("janus_rate", "Janus rate"))
+
+
+def rel_url(path: Path, base: Path) -> str:
+    return quote(Path(os.path.relpath(path, base)).as_posix())
+
+
+def _card(card: RunCard, base: Path, viewer: bool) -> str:
+    e = html.escape
+    label = e(card.prompt or card.name)
+    parts = [f'<article class="run" id="{e(card.name)}">',
+             f'<h2>{label}</h2>',
+             f'<div><span class="state {e(card.state)}">{e(card.state)}</span> <small>{e(card.name)}</small></div>']
+    media = []
+    if card.glb is not None and viewer:
+        media.append(f'<model-viewer src="{rel_url(card.glb, base)}" alt="3D model: {label}" camera-controls '
+                     f'auto-rotate interaction-prompt="none" shadow-intensity="0.6" exposure="1.1"></model-viewer>')
+    elif card.glb is not None:
+        media.append(f'<a class="nofile" href="{rel_url(card.glb, base)}">mesh.glb</a>')
+    if card.mp4 is not None:
+        fallback = f' data-fallback="{rel_url(card.gif, base)}"' if card.gif is not None else ""
+        media.append(f'<video autoplay loop muted playsinline preload="auto" aria-label="turntable: {label}"'
+                     f'{fallback}><source src="{rel_url(card.mp4, base)}" type="video/mp4"></video>')
+    elif card.gif is not None:
+        media.append(f'<img class="turntable" src="{rel_url(card.gif, base)}" alt="turntable: {label}">')
+    if media:
+        parts.append(f'<div class="media">{"".join(media)}</div>')
+    if card.preview is not None:
+        parts.append(f'<img class="preview" src="{rel_url(card.preview, base)}" alt="preview grid: {label}" '
+                     f'title="{e(card.preview.name)}">')
+    rows = dict(card.settings)
+    if card.seconds is not None:
+        rows["time"] = f"{card.seconds:.1f} s"
+    for key, name in SCORES:
+        if key in card.eval:
+            rows[name] = f"{100 * card.eval[key]:.0f}%"
+    if card.source:
+        rows["entry"] = card.source
+    if rows:
+        parts.append("<dl>" + "".join(f"<dt>{e(k)}</dt><dd>{e(str(v))}</dd>" for k, v in rows.items()) + "</dl>")
+    if card.error:
+        parts.append(f'<p class="error">{e(card.error)}</p>')
+    if card.folder is not None:
+        parts.append(f'<small><a href="{rel_url(card.folder, base)}/">run folder</a></small>')
+    parts.append("</article>")
+    return "\n".join(parts)
+
+
+def render_page(cards: list[RunCard], base: Path, title: str, viewer_script: str | None) -> str:
+    """The whole page; `viewer_script` is the model-viewer module's URL (None: no 3D views)."""
+    counts: dict[str, int] = {}
+    for c in cards:
+        counts[c.state] = counts.get(c.state, 0) + 1
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no runs"
+    head = [
+        "<!doctype html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{html.escape(title)}</title>",
+        '<link rel="icon" href="data:,">',  # no favicon request (a 404 is a console error)
+        f"<style>{STYLE}</style>",
+    ]
+    if viewer_script:
+        head.append(f'<script type="module" src="{html.escape(viewer_script)}"></script>')
+    body = ["</head>", "<body>", f"<header><h1>{html.escape(title)}</h1><p>{len(cards)} runs: {summary}</p></header>",
+            "<main>", *(_card(c, base, viewer_script is not None) for c in cards), "</main>",
+            f"<script>{SCRIPT}</script>", "</body>", "</html>"]
+    return "\n".join(head + body) + "\n"
