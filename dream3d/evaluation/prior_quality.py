@@ -13,6 +13,7 @@ from rich.table import Table
 from dream3d.cameras.orbit import CameraConfig, orbit_cameras
 from dream3d.evaluation.classifier import ShapeClassifier, load_classifier
 from dream3d.procedural.shapes import FRONTED_OBJECTS
+from dream3d.priors.embedded_model import SAMPLE_GUIDANCE_SCALE
 from dream3d.priors.vocab import COLOURS, OBJECTS, caption
 
 BARS = {"object": 0.90, "colour": 0.95, "view": 0.80}
@@ -25,7 +26,7 @@ def _cameras(n: int, azimuth: float):
     return orbit_cameras(full(cfg.eval_elevation), full(azimuth), full(cfg.eval_distance), full(cfg.eval_fov), 32, 32)
 
 
-def measure_prior(prior, n: int = 8, guidance_scale: float = 3.0, steps: int = 25, seed: int = 0,
+def measure_prior(prior, n: int = 8, guidance_scale: float = SAMPLE_GUIDANCE_SCALE, steps: int = 25, seed: int = 0,
                   colours=COLOURS, objects=OBJECTS, classifier: ShapeClassifier | None = None) -> dict:
     """Accuracy of the classifier's reading of the prior's samples, overall and per object."""
     clf = classifier or load_classifier()

@@ -16,7 +16,7 @@ from torch import Tensor
 from dream3d.errors import UserError
 from dream3d.priors import vocab
 from dream3d.priors.base import DiffusionPrior
-from dream3d.priors.embedded_model import POSE_DIM, ddim_sample, load_prior_components
+from dream3d.priors.embedded_model import POSE_DIM, SAMPLE_GUIDANCE_SCALE, ddim_sample, load_prior_components
 from dream3d.priors.paths import embedded_prior_dir
 from dream3d.types import Cameras
 
@@ -88,7 +88,7 @@ class EmbeddedPrior(DiffusionPrior):
 
     # ------------------------------------------------------------------ sampling
 
-    def sample(self, prompts: list[str], n: int = 1, guidance_scale: float = 3.0, steps: int = 25,
+    def sample(self, prompts: list[str], n: int = 1, guidance_scale: float = SAMPLE_GUIDANCE_SCALE, steps: int = 25,
                seed: int = 0, camera: Cameras | Tensor | None = None) -> Tensor:
         """DDIM samples: n per prompt, images [len(prompts) * n, r, r, 3] in [0, 1] (prompt-major).
         `camera` is Cameras or pose features [len(prompts) * n, 16]; None samples without a camera.

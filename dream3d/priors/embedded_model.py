@@ -242,13 +242,19 @@ def load_prior_components(path: Path, dtype: torch.dtype = torch.float32):
     return EmbeddedDiffusionModel(cfg, unet, text, tok), sched, meta
 
 
+# Sampling CFG scale: on the 32x32 prior, 1.5 reads right far more often than 3.0 (measured by
+# `dream3d prior eval` on cube/sphere/robot/snowman: colour 100% vs 74%, object 96% vs 79%);
+# 7.5 oversaturates into blobs.
+SAMPLE_GUIDANCE_SCALE = 1.5
+
+
 @torch.no_grad()
 def ddim_sample(
     model: EmbeddedDiffusionModel,
     scheduler,
     prompts: list[str],
     pose: Tensor | None = None,  # [N, 16] camera pose features, or None for no camera
-    guidance_scale: float = 3.0,
+    guidance_scale: float = SAMPLE_GUIDANCE_SCALE,
     steps: int = 25,
     generator: torch.Generator | None = None,
 ) -> Tensor:

@@ -32,7 +32,8 @@ from dream3d.cameras import orbit_cameras
 from dream3d.errors import UserError
 from dream3d.priors import vocab
 from dream3d.priors.embedded_model import (
-    EmbeddedDiffusionModel, EmbeddedModelConfig, PriorCard, build_scheduler, ddim_sample, parameter_count, save_prior,
+    SAMPLE_GUIDANCE_SCALE, EmbeddedDiffusionModel, EmbeddedModelConfig, PriorCard, build_scheduler, ddim_sample,
+    parameter_count, save_prior,
 )
 from dream3d.procedural.dataset import DATA_VERSION, LabeledBatch, ShardPool, make_labeled_batch
 
@@ -225,7 +226,7 @@ def write_sample_grid(model, ema: EMA, scheduler, path: Path, seed: int = 0, col
     prompts, az = sample_grid_prompts()
     n, r = len(prompts), model.cfg.resolution
     cams = orbit_cameras(torch.full((n,), 15.0), az, torch.full((n,), 2.9), torch.full((n,), 45.0), r, r)
-    imgs = ddim_sample(ema_model, scheduler, prompts, cams.pose_features(), guidance_scale=3.0, steps=25,
+    imgs = ddim_sample(ema_model, scheduler, prompts, cams.pose_features(), guidance_scale=SAMPLE_GUIDANCE_SCALE, steps=25,
                        generator=torch.Generator().manual_seed(seed))
     rows = math.ceil(n / cols)
     grid = torch.ones(rows * cols, r, r, 3)
