@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from dream3d.batch.job import Job, Outcome, run_status
 from dream3d.batch.manifest import EntryLock, EntryRecord, Manifest, now
@@ -236,7 +237,8 @@ class Batch:
             if outcome.interrupted:
                 self.result.interrupted, self.stop = True, True
             elif state == "failed" and not outcome.permanent and p.tries <= self.opts.retries:
-                self.progress.print(f"[yellow]retry[/] {p.id}: {outcome.error}", highlight=False, soft_wrap=True)
+                self.progress.print(f"[yellow]retry[/] {p.id}: {escape(str(outcome.error))}", highlight=False,
+                                    soft_wrap=True)
                 pending.appendleft(p)  # resumes from the run's last checkpoint
             else:
                 self.finished(p, state)
@@ -245,10 +247,11 @@ class Batch:
         self.result.states[p.id] = state
         if state == "failed":
             reason = p.error or self.manifest.read().entries[p.id].error
-            self.progress.print(f"[red]failed[/] {p.entry.source} {p.id}: {reason}", highlight=False, soft_wrap=True)
+            self.progress.print(f"[red]failed[/] {escape(p.entry.source)} {p.id}: {escape(str(reason))}",
+                                highlight=False, soft_wrap=True)
             self.stop = self.stop or self.opts.fail_fast
         elif not skipped:
-            self.progress.print(f"[green]done[/] {p.id} ({p.entry.source})", highlight=False, soft_wrap=True)
+            self.progress.print(f"[green]done[/] {p.id} ({escape(p.entry.source)})", highlight=False, soft_wrap=True)
         if p.id not in self.done_at_start:  # those were counted when the bar was made
             self.progress.entry_finished()
 
@@ -256,7 +259,7 @@ class Batch:
 # ---------------------------------------------------------------- the whole command
 
 
-def make_executor(opts: BatchOptions, progress: BatchProgress):
+def make_executor(opts: BatchOptions):
     if opts.ray is not None:
         from dream3d.batch.ray_runner import RayExecutor
 
@@ -267,7 +270,7 @@ def make_executor(opts: BatchOptions, progress: BatchProgress):
         return ProcessExecutor(opts.workers)
     from dream3d.batch.executors import InProcessExecutor
 
-    return InProcessExecutor(progress.callbacks)
+    return InProcessExecutor()
 
 
 def run_batch(entries: list[PromptEntry], opts: BatchOptions, console: Console | None = None) -> BatchResult:
@@ -283,8 +286,10 @@ def run_batch(entries: list[PromptEntry], opts: BatchOptions, console: Console |
     planned = plan(entries, opts)
     manifest = Manifest(opts.out)
     already = register(manifest, planned)
+    executor = make_executor(opts)  # first: a cluster that cannot be reached stops the batch before any bar
     with BatchProgress(console, len(planned), len(already), enabled=opts.progress) as progress:
-        executor = make_executor(opts, progress)
+        if executor.live_progress:
+            executor.make_callbacks = progress.callbacks
         batch = Batch(planned, opts, executor, progress, already)
         try:
             result = batch.run()

@@ -130,9 +130,10 @@ def collect(root: Path) -> list[RunCard]:
             cards.append(read_run(run_dir, rec))
             seen.add(run_dir.resolve())
         else:
+            preset = (rec.get("spec") or {}).get("preset")
             cards.append(RunCard(name=rec["id"], prompt=rec.get("prompt", ""), state=rec.get("state", "queued"),
                                  error=rec.get("error"), source=rec.get("source"),
-                                 settings={"preset": rec["spec"]["preset"]} if rec.get("spec", {}).get("preset") else {}))
+                                 settings={"preset": preset} if preset else {}))
     for run_dir in find_run_folders(root):
         if run_dir.resolve() not in seen:
             cards.append(read_run(run_dir))

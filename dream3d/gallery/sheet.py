@@ -46,7 +46,8 @@ def _tile(card: RunCard, font, small) -> Image.Image:
     draw.text((6, IMAGE_H + 3), _fit(card.prompt or card.name, draw, font, TILE_W - 12), fill=(20, 20, 20), font=font)
     detail = card.state
     if "object_accuracy" in card.eval and "colour_accuracy" in card.eval:
-        detail += f"  object {100 * card.eval['object_accuracy']:.0f}%  colour {100 * card.eval['colour_accuracy']:.0f}%"
+        scores = card.eval
+        detail += f"  object {100 * scores['object_accuracy']:.0f}%  colour {100 * scores['colour_accuracy']:.0f}%"
     if card.error:
         detail += f"  {card.error}"
     colour = STATE_COLOURS.get(card.state, (90, 90, 90))
