@@ -22,9 +22,9 @@ class InProcessExecutor:
 
     live_progress = True
 
-    def __init__(self, on_start: Callable[[Job], Callable] | None = None):
-        # on_start(job) returns the (on_start, on_step) callbacks of pipeline.generate for that job.
-        self.make_callbacks = on_start
+    def __init__(self, make_callbacks: Callable[[Job], tuple] | None = None):
+        # make_callbacks(job) -> (on_start, on_step) of pipeline.generate for that job (the progress bars).
+        self.make_callbacks = make_callbacks
         self.done: list[Outcome] = []
         self.current: Job | None = None
 

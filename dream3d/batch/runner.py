@@ -61,6 +61,8 @@ class Planned:
 
     entry: PromptEntry
     id: str
+    spec: dict[str, Any] = field(default_factory=dict)
+    """What the id is made from: the entry's fields and the batch-wide --model / --set."""
     job: Job | None = None
     error: str | None = None
     tries: int = 0
@@ -97,7 +99,7 @@ def plan(entries: list[PromptEntry], opts: BatchOptions) -> list[Planned]:
         if entry_id in seen:
             continue
         seen.add(entry_id)
-        p = Planned(entry, entry_id, error=entry.error)
+        p = Planned(entry, entry_id, spec, error=entry.error)
         if p.error is None:
             try:
                 flags = presets.run_flags(entry.prompt, seed=entry.seed, guidance=entry.guidance, steps=entry.steps)
@@ -117,7 +119,7 @@ def register(manifest: Manifest, planned: list[Planned]) -> set[str]:
     with manifest.edit() as m:
         for p in planned:
             if p.id not in m.entries:
-                m.entries[p.id] = EntryRecord(p.id, p.entry.prompt, p.entry.source, spec=p.entry.spec(),
+                m.entries[p.id] = EntryRecord(p.id, p.entry.prompt, p.entry.source, spec=p.spec,
                                               run_dir=p.id, queued=now())
         return {p.id for p in planned if m.entries[p.id].state == "done"}
 
