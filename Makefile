@@ -25,7 +25,8 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else echo "chromium not found and apt-get needs root: the gallery browser test will be skipped"; fi
 
-setup: $(VENV)/.installed
+# node tools: the glTF validator and, for the gallery, <model-viewer> and playwright-core.
+setup: $(VENV)/.installed tools/node/.installed
 
 demo: setup
 	$(VENV)/bin/dream3d generate "a red cube"
