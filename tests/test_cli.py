@@ -1,5 +1,7 @@
 """The CLI end to end on tiny settings, through the real prior-loading code."""
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -92,7 +94,7 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, tiny_sd_dir):
 
     def on_step(log):
         if log.step + 1 == 3:
-            state["trainer"].stop_requested = True  # what Ctrl-C does
+            os.kill(os.getpid(), signal.SIGTERM)  # what a scheduler stopping the job does (Ctrl-C: SIGINT)
 
     with pytest.raises(KeyboardInterrupt):
         pipeline.generate(cfg(), tmp_path / "b", on_start=on_start, on_step=on_step)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -135,3 +137,19 @@ def test_resume_refuses_a_different_architecture(tmp_path):
     other.model = EmbeddedModelConfig(**{**TINY.__dict__, "block_out_channels": (8, 16, 24)})
     with pytest.raises(UserError, match="block_out_channels"):
         train_prior(other, tmp_path, resume=True)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_checkpoints_the_step_reached_and_resume_goes_on(tmp_path, signum):
+    def on_step(step, info):
+        if step == 2:
+            os.kill(os.getpid(), signum)  # Ctrl-C, or a scheduler stopping the job
+
+    cfg = _train_cfg(5)
+    cfg.checkpoint_steps = 100  # only the stop itself writes a checkpoint before the end
+    with pytest.raises(KeyboardInterrupt):
+        train_prior(cfg, tmp_path, on_step=on_step)
+    assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["step"] == 2  # the step in flight when the signal came is kept
+    assert (tmp_path / "prior" / "prior.json").is_file()
+    train_prior(cfg, tmp_path, resume=True)
+    assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["step"] == 5

@@ -36,6 +36,7 @@ from dream3d.priors.embedded_model import (
     parameter_count, save_prior,
 )
 from dream3d.procedural.dataset import DATA_VERSION, LabeledBatch, ShardPool, make_labeled_batch
+from dream3d.training.stop import graceful_stop
 
 
 @dataclass
@@ -295,9 +296,25 @@ def train_prior(cfg: PriorTrainConfig, out_dir: Path, resume: bool = False,
         lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True))
     log(f"start step {step}/{cfg.steps}; unet {parameter_count(model.unet):,} params, text encoder "
         f"{parameter_count(model.text_encoder):,}; data {'%d shard images' % len(pool) if pool else 'rendered'}")
-    last_ckpt, t_start, step0, losses = time.time(), time.time(), step, []
     model.train()
-    while step < cfg.steps:
+    with graceful_stop() as stop:
+        step = _train_loop(cfg, out_dir, model, ema, opt, gen, scheduler, alphas_cumprod, pool, tuner, step, log, bar,
+                           on_step, stop)
+    if bar is not None:
+        bar.stop()
+    if stop.requested:  # Ctrl-C / SIGTERM: the step in flight finished; keep it and say how to go on
+        _save_checkpoint(out_dir, step, model, ema, opt, gen, cfg)
+        export_ema_prior(model, ema, scheduler, out_dir, step, cfg)
+        log(f"stopped by {stop.signal_name} at step {step}; checkpoint written, continue with `dream3d prior train`")
+        raise KeyboardInterrupt
+    return export_ema_prior(model, ema, scheduler, out_dir, step, cfg)
+
+
+def _train_loop(cfg, out_dir, model, ema, opt, gen, scheduler, alphas_cumprod, pool, tuner, step, log, bar, on_step,
+                stop) -> int:
+    """Optimisation steps until the last one or a stop request; returns the step reached."""
+    last_ckpt, t_start, step0, losses = time.time(), time.time(), step, []
+    while step < cfg.steps and not stop.requested:
         t0 = time.time()
         if pool is not None and step % 200 == 0:
             pool.refresh()
@@ -336,9 +353,7 @@ def train_prior(cfg: PriorTrainConfig, out_dir: Path, resume: bool = False,
             t1 = time.time()
             p = write_sample_grid(model, ema, scheduler, out_dir / "samples" / f"step-{step:06d}.png")
             log(f"samples {p} ({time.time() - t1:.0f}s)")
-    if bar is not None:
-        bar.stop()
-    return export_ema_prior(model, ema, scheduler, out_dir, step, cfg)
+    return step
 
 
 def _progress_bar(start: int, total: int):

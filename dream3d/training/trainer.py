@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import math
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ from dream3d.errors import UserError
 from dream3d.representations.base import Representation
 from dream3d.run import append_metrics
 from dream3d.training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from dream3d.training.stop import graceful_stop
 from dream3d.types import Cameras
 
 
@@ -147,22 +146,17 @@ class Trainer:
         return path
 
     # ------------------------------------------------------------ the loop
-    def _on_sigint(self, signum, frame) -> None:
-        if self.stop_requested:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.stop_requested = True
-
     def fit(self, on_step: Callable[[StepLog], None] | None = None) -> None:
-        """Run to the last step. Ctrl-C finishes the current step, writes a checkpoint
-        and raises KeyboardInterrupt, so `--resume` continues exactly."""
+        """Run to the last step. Ctrl-C (or SIGTERM) finishes the current step, writes a
+        checkpoint and raises KeyboardInterrupt, so `--resume` continues exactly."""
+        with graceful_stop() as stop:
+            self._fit_loop(self.start_step, stop, on_step)
+
+    def _fit_loop(self, step: int, stop, on_step) -> None:
         tc = self.train
-        step = self.start_step
-        self.stop_requested = False
-        in_main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, self._on_sigint) if in_main else None
         try:
             while step < tc.steps:
-                if self.stop_requested:
+                if stop.requested:
                     raise KeyboardInterrupt
                 log = self.step(step)
                 step += 1
@@ -181,8 +175,5 @@ class Trainer:
             if self.nan_streak == 0 and step > self.start_step:
                 self.checkpoint(step)
             raise
-        finally:
-            if in_main:
-                signal.signal(signal.SIGINT, previous)
         self.checkpoint(step)
         self.preview(step)

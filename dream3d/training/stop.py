@@ -1,0 +1,40 @@
+"""Stop a training loop at a step boundary on Ctrl-C or SIGTERM, so it can checkpoint first.
+
+Background jobs started by a shell ignore SIGINT and batch schedulers stop workers with
+SIGTERM, so both are caught; a second signal stops at once.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopFlag:
+    requested: bool = False
+    signal_name: str | None = None
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+
+@contextmanager
+def graceful_stop() -> Iterator[StopFlag]:
+    """A flag set by the first SIGINT / SIGTERM while the block runs (main thread only;
+    elsewhere the flag is never set and the signals keep their handlers)."""
+    flag = StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = {s: signal.signal(s, flag._on_signal) for s in SIGNALS}
+    try:
+        yield flag
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
