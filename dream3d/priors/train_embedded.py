@@ -227,8 +227,8 @@ def write_sample_grid(model, ema: EMA, scheduler, path: Path, seed: int = 0, col
     prompts, az = sample_grid_prompts()
     n, r = len(prompts), model.cfg.resolution
     cams = orbit_cameras(torch.full((n,), 15.0), az, torch.full((n,), 2.9), torch.full((n,), 45.0), r, r)
-    imgs = ddim_sample(ema_model, scheduler, prompts, cams.pose_features(), guidance_scale=SAMPLE_GUIDANCE_SCALE, steps=25,
-                       generator=torch.Generator().manual_seed(seed))
+    imgs = ddim_sample(ema_model, scheduler, prompts, cams.pose_features(), guidance_scale=SAMPLE_GUIDANCE_SCALE,
+                       steps=25, generator=torch.Generator().manual_seed(seed))
     rows = math.ceil(n / cols)
     grid = torch.ones(rows * cols, r, r, 3)
     grid[:n] = imgs
@@ -298,8 +298,46 @@ def train_prior(cfg: PriorTrainConfig, out_dir: Path, resume: bool = False,
         f"{parameter_count(model.text_encoder):,}; data {'%d shard images' % len(pool) if pool else 'rendered'}")
     model.train()
     with graceful_stop() as stop:
-        step = _train_loop(cfg, out_dir, model, ema, opt, gen, scheduler, alphas_cumprod, pool, tuner, step, log, bar,
-                           on_step, stop)
+        last_ckpt, t_start, step0, losses = time.time(), time.time(), step, []
+        while step < cfg.steps and not stop.requested:
+            t0 = time.time()
+            if pool is not None and step % 200 == 0:
+                pool.refresh()
+            batch = _batch(cfg, pool, gen)
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+            loss = training_loss(model, alphas_cumprod, batch, cfg, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
+            opt.step()
+            ema.update(model, step)
+            step += 1
+            dt = time.time() - t0
+            tuner.record(step, dt)
+            loss_value = loss.item()
+            losses.append(loss_value)
+            info = {"loss": loss_value, "grad_norm": grad_norm, "seconds": dt, "threads": tuner.current}
+            if on_step is not None:
+                on_step(step, info)
+            if bar is not None:
+                bar.update(bar.task_ids[0], completed=step, loss=float(np.mean(losses[-cfg.log_steps:])))
+            if bar is None and (step % cfg.log_steps == 0 or step == cfg.steps):
+                rate = (time.time() - t_start) / max(1, step - step0)
+                eta = (cfg.steps - step) * rate
+                log(f"step {step}/{cfg.steps} loss {np.mean(losses[-cfg.log_steps:]):.4f} grad {grad_norm:.3f} "
+                    f"{rate:.2f}s/step threads {tuner.current} eta {eta / 3600:.1f}h"
+                    + (f" data {len(pool)}" if pool else ""))
+            final = step == cfg.steps
+            if final or time.time() - last_ckpt > cfg.checkpoint_seconds or step % cfg.checkpoint_steps == 0:
+                _save_checkpoint(out_dir, step, model, ema, opt, gen, cfg)
+                export_ema_prior(model, ema, scheduler, out_dir, step, cfg)
+                last_ckpt = time.time()
+                log(f"checkpoint at step {step}")
+            if cfg.sample_steps and (step % cfg.sample_steps == 0 or final):
+                t1 = time.time()
+                p = write_sample_grid(model, ema, scheduler, out_dir / "samples" / f"step-{step:06d}.png")
+                log(f"samples {p} ({time.time() - t1:.0f}s)")
     if bar is not None:
         bar.stop()
     if stop.requested:  # Ctrl-C / SIGTERM: the step in flight finished; keep it and say how to go on
@@ -308,52 +346,6 @@ def train_prior(cfg: PriorTrainConfig, out_dir: Path, resume: bool = False,
         log(f"stopped by {stop.signal_name} at step {step}; checkpoint written, continue with `dream3d prior train`")
         raise KeyboardInterrupt
     return export_ema_prior(model, ema, scheduler, out_dir, step, cfg)
-
-
-def _train_loop(cfg, out_dir, model, ema, opt, gen, scheduler, alphas_cumprod, pool, tuner, step, log, bar, on_step,
-                stop) -> int:
-    """Optimisation steps until the last one or a stop request; returns the step reached."""
-    last_ckpt, t_start, step0, losses = time.time(), time.time(), step, []
-    while step < cfg.steps and not stop.requested:
-        t0 = time.time()
-        if pool is not None and step % 200 == 0:
-            pool.refresh()
-        batch = _batch(cfg, pool, gen)
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-        loss = training_loss(model, alphas_cumprod, batch, cfg, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
-        opt.step()
-        ema.update(model, step)
-        step += 1
-        dt = time.time() - t0
-        tuner.record(step, dt)
-        loss_value = loss.item()
-        losses.append(loss_value)
-        info = {"loss": loss_value, "grad_norm": grad_norm, "seconds": dt, "threads": tuner.current}
-        if on_step is not None:
-            on_step(step, info)
-        if bar is not None:
-            bar.update(bar.task_ids[0], completed=step, loss=float(np.mean(losses[-cfg.log_steps:])))
-        if bar is None and (step % cfg.log_steps == 0 or step == cfg.steps):
-            rate = (time.time() - t_start) / max(1, step - step0)
-            eta = (cfg.steps - step) * rate
-            log(f"step {step}/{cfg.steps} loss {np.mean(losses[-cfg.log_steps:]):.4f} grad {grad_norm:.3f} "
-                f"{rate:.2f}s/step threads {tuner.current} eta {eta / 3600:.1f}h"
-                + (f" data {len(pool)}" if pool else ""))
-        final = step == cfg.steps
-        if final or time.time() - last_ckpt > cfg.checkpoint_seconds or step % cfg.checkpoint_steps == 0:
-            _save_checkpoint(out_dir, step, model, ema, opt, gen, cfg)
-            export_ema_prior(model, ema, scheduler, out_dir, step, cfg)
-            last_ckpt = time.time()
-            log(f"checkpoint at step {step}")
-        if cfg.sample_steps and (step % cfg.sample_steps == 0 or final):
-            t1 = time.time()
-            p = write_sample_grid(model, ema, scheduler, out_dir / "samples" / f"step-{step:06d}.png")
-            log(f"samples {p} ({time.time() - t1:.0f}s)")
-    return step
 
 
 def _progress_bar(start: int, total: int):
