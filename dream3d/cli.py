@@ -195,6 +195,7 @@ def prior_train(
     seed: int = typer.Option(0, help="Random seed."),
     resume: bool = typer.Option(True, "--resume/--restart", help="Continue from the folder's checkpoint if present."),
     shards: int = typer.Option(24, help="Pre-rendered data shards (2,048 images each) to make first; existing ones are kept."),
+    suffix_prob: float = typer.Option(0.5, help="Share of captions that carry their view suffix (', back view')."),
 ) -> None:
     """Train the embedded prior on procedural renders (resumable: Ctrl-C and run again)."""
     from dream3d.procedural.dataset import shard_path, write_shard
@@ -202,7 +203,9 @@ def prior_train(
 
     if steps <= 0 or batch_size <= 0 or shards <= 0:
         raise UserError("--steps, --batch-size and --shards must be positive")
-    cfg = PriorTrainConfig(steps=steps, batch_size=batch_size, seed=seed)
+    if not 0.0 <= suffix_prob <= 1.0:
+        raise UserError(f"--suffix-prob must be in [0, 1], got {suffix_prob}")
+    cfg = PriorTrainConfig(steps=steps, batch_size=batch_size, seed=seed, suffix_prob=suffix_prob)
     res = cfg.model.resolution
     missing = [i for i in range(shards) if not shard_path(i, res).exists()]
     if missing:  # each shard is rendered from its own index, so the data set is the same everywhere
@@ -227,6 +230,7 @@ def prior_sample(
     guidance_scale: float = typer.Option(1.5, help="Classifier-free guidance scale (diffusers convention; the sampler's measured best)."),
     steps: int = typer.Option(25, help="DDIM steps."),
     seed: int = typer.Option(0, help="Random seed."),
+    view_guidance_scale: float = typer.Option(5.0, help="Extra weight on what the view suffix changes (0: none)."),
     model: Optional[Path] = typer.Option(None, help="A prior folder (default: the embedded one)."),
     out: Path = typer.Option(Path("prior-samples.png"), help="Grid PNG to write."),
 ) -> None:
@@ -241,7 +245,8 @@ def prior_sample(
     prior = load_prior(str(model) if model else "tiny-shapes", device="cpu")
     if not hasattr(prior, "sample"):
         raise UserError(f"{model} is not an embedded prior; `prior sample` samples dream3d's own priors")
-    images = prior.sample([prompt], n=n, guidance_scale=guidance_scale, steps=steps, seed=seed)
+    images = prior.sample([prompt], n=n, guidance_scale=guidance_scale, steps=steps, seed=seed,
+                          view_guidance_scale=view_guidance_scale)
     grid = torch_grid(images, cols=min(n, 8))
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray((grid * 255).round().astype(np.uint8)).save(out)
@@ -253,6 +258,7 @@ def prior_eval(
     model: Optional[Path] = typer.Option(None, help="A prior folder (default: the embedded one)."),
     n: int = typer.Option(8, "--n", help="Samples per prompt."),
     guidance_scale: float = typer.Option(1.5, help="Classifier-free guidance scale (the sampler's default)."),
+    view_guidance_scale: float = typer.Option(5.0, help="View guidance scale (the sampler's default)."),
     out: Optional[Path] = typer.Option(None, help="Also write the result as JSON here."),
 ) -> None:
     """Sample every colour-object pair and read the samples with the shipped classifier."""
@@ -266,7 +272,7 @@ def prior_eval(
     prior = load_prior(str(model) if model else "tiny-shapes", device="cpu")
     if not hasattr(prior, "sample"):
         raise UserError(f"{model} is not an embedded prior; `prior eval` measures dream3d's own priors")
-    result = measure_prior(prior, n=n, guidance_scale=guidance_scale)
+    result = measure_prior(prior, n=n, guidance_scale=guidance_scale, view_guidance_scale=view_guidance_scale)
     Console().print(format_table(result))
     if out:
         out.write_text(json.dumps(result, indent=2))

@@ -13,7 +13,7 @@ from rich.table import Table
 from dream3d.cameras.orbit import CameraConfig, orbit_cameras
 from dream3d.evaluation.classifier import ShapeClassifier, load_classifier
 from dream3d.procedural.shapes import FRONTED_OBJECTS
-from dream3d.priors.embedded_model import SAMPLE_GUIDANCE_SCALE
+from dream3d.priors.embedded_model import SAMPLE_GUIDANCE_SCALE, SAMPLE_VIEW_GUIDANCE_SCALE
 from dream3d.priors.vocab import COLOURS, OBJECTS, caption
 
 BARS = {"object": 0.90, "colour": 0.95, "view": 0.80}
@@ -27,7 +27,8 @@ def _cameras(n: int, azimuth: float):
 
 
 def measure_prior(prior, n: int = 8, guidance_scale: float = SAMPLE_GUIDANCE_SCALE, steps: int = 25, seed: int = 0,
-                  colours=COLOURS, objects=OBJECTS, classifier: ShapeClassifier | None = None) -> dict:
+                  colours=COLOURS, objects=OBJECTS, classifier: ShapeClassifier | None = None,
+                  view_guidance_scale: float = SAMPLE_VIEW_GUIDANCE_SCALE) -> dict:
     """Accuracy of the classifier's reading of the prior's samples, overall and per object."""
     clf = classifier or load_classifier()
     per_object = {o: {"object": [], "colour": []} for o in objects}
@@ -43,12 +44,13 @@ def measure_prior(prior, n: int = 8, guidance_scale: float = SAMPLE_GUIDANCE_SCA
             for view, az in VIEW_AZIMUTH.items():
                 vp = [caption(c, obj, view) for c in colours]
                 imgs = prior.sample(vp, n=n, guidance_scale=guidance_scale, steps=steps, seed=seed + 1,
-                                    camera=_cameras(len(vp) * n, az))
+                                    camera=_cameras(len(vp) * n, az), view_guidance_scale=view_guidance_scale)
                 pred = clf.predict(imgs).view_logits.argmax(-1)
                 views += (pred == clf.cfg.views.index(view)).float().tolist()
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
     result = {
-        "samples_per_prompt": n, "guidance_scale": guidance_scale, "steps": steps, "seed": seed,
+        "samples_per_prompt": n, "guidance_scale": guidance_scale, "view_guidance_scale": view_guidance_scale,
+        "steps": steps, "seed": seed,
         "object": mean([v for o in per_object.values() for v in o["object"]]),
         "colour": mean([v for o in per_object.values() for v in o["colour"]]),
         "view": mean(views),

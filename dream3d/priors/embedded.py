@@ -16,7 +16,8 @@ from torch import Tensor
 from dream3d.errors import UserError
 from dream3d.priors import vocab
 from dream3d.priors.base import DiffusionPrior
-from dream3d.priors.embedded_model import POSE_DIM, SAMPLE_GUIDANCE_SCALE, ddim_sample, load_prior_components
+from dream3d.priors.embedded_model import (POSE_DIM, SAMPLE_GUIDANCE_SCALE, SAMPLE_VIEW_GUIDANCE_SCALE, ddim_sample,
+                                           load_prior_components)
 from dream3d.priors.paths import embedded_prior_dir
 from dream3d.types import Cameras
 
@@ -89,10 +90,11 @@ class EmbeddedPrior(DiffusionPrior):
     # ------------------------------------------------------------------ sampling
 
     def sample(self, prompts: list[str], n: int = 1, guidance_scale: float = SAMPLE_GUIDANCE_SCALE, steps: int = 25,
-               seed: int = 0, camera: Cameras | Tensor | None = None) -> Tensor:
+               seed: int = 0, camera: Cameras | Tensor | None = None,
+               view_guidance_scale: float = SAMPLE_VIEW_GUIDANCE_SCALE) -> Tensor:
         """DDIM samples: n per prompt, images [len(prompts) * n, r, r, 3] in [0, 1] (prompt-major).
         `camera` is Cameras or pose features [len(prompts) * n, 16]; None samples without a camera.
-        Guidance in the diffusers convention eps_u + s (eps_c - eps_u)."""
+        Guidance: see `ddim_sample` (CFG in the diffusers convention, plus view guidance)."""
         for p in prompts:
             self.check_prompt(p)
         expanded = [p for p in prompts for _ in range(n)]
@@ -100,4 +102,4 @@ class EmbeddedPrior(DiffusionPrior):
         if pose is not None and pose.shape[0] != len(expanded):
             raise ValueError(f"camera batch {pose.shape[0]} != {len(expanded)} samples")
         gen = torch.Generator().manual_seed(seed)
-        return ddim_sample(self.model, self.scheduler, expanded, pose, guidance_scale, steps, gen)
+        return ddim_sample(self.model, self.scheduler, expanded, pose, guidance_scale, steps, gen, view_guidance_scale)

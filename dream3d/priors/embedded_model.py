@@ -246,6 +246,11 @@ def load_prior_components(path: Path, dtype: torch.dtype = torch.float32):
 # `dream3d prior eval` on cube/sphere/robot/snowman: colour 100% vs 74%, object 96% vs 79%);
 # 7.5 oversaturates into blobs.
 SAMPLE_GUIDANCE_SCALE = 1.5
+# View guidance: the prior learned views only faintly (a view suffix or camera moves eps by
+# well under 1%), so the sampler amplifies that difference. On the fronted objects at CFG 1.5,
+# the classifier's view reading went from 45% (w = 0) to 71% (w = 5) and 71% (w = 10) at a
+# cost in object reading (98% -> 89% -> 83%); w = 20 fell back to 55%.
+SAMPLE_VIEW_GUIDANCE_SCALE = 5.0
 
 
 @torch.no_grad()
@@ -257,9 +262,14 @@ def ddim_sample(
     guidance_scale: float = SAMPLE_GUIDANCE_SCALE,
     steps: int = 25,
     generator: torch.Generator | None = None,
+    view_guidance_scale: float = SAMPLE_VIEW_GUIDANCE_SCALE,
 ) -> Tensor:
-    """DDIM samples, one per prompt: images [N, H, W, 3] in [0, 1]. Classifier-free guidance
-    in the diffusers convention eps_u + s (eps_c - eps_u) (s = 1: no guidance)."""
+    """DDIM samples, one per prompt: images [N, H, W, 3] in [0, 1].
+
+    eps = eps_u + s (eps_c - eps_u) + w (eps_c - eps_p): classifier-free guidance in the diffusers
+    convention (s = 1: none), plus view guidance, where eps_p reads the prompt without its view
+    suffix and without the camera. Rows with neither have eps_p = eps_c, so w changes nothing there
+    (and the third pass is skipped when no row has a view)."""
     from diffusers import DDIMScheduler
 
     ddim = DDIMScheduler.from_config(scheduler.config)
@@ -267,12 +277,21 @@ def ddim_sample(
     n, r = len(prompts), model.cfg.resolution
     device = next(model.unet.parameters()).device
     x = torch.randn(n, 3, r, r, generator=generator).to(device)
-    cond = model.embed(prompts)
-    uncond = model.embed([""]).expand_as(cond)
-    pose = torch.zeros(n, POSE_DIM, device=device) if pose is None else pose.to(device)
+    no_pose = torch.zeros(n, POSE_DIM, device=device)
+    pose = no_pose if pose is None else pose.to(device)
+    plain = [vocab.without_view(p) for p in prompts]
+    has_view = pose.abs().sum() > 0 or any(vocab.clean_prompt(p) != q for p, q in zip(prompts, plain))
+    embeds = [model.embed([""]).expand(n, -1, -1), model.embed(prompts)]
+    poses = [pose, pose]
+    if view_guidance_scale != 0 and has_view:
+        embeds.append(model.embed(plain))
+        poses.append(no_pose)
+    embeds, poses = torch.cat(embeds), torch.cat(poses)
     for t in ddim.timesteps:
-        tt = torch.full((2 * n,), int(t), device=device, dtype=torch.long)
-        eps = model(torch.cat([x, x]), tt, torch.cat([uncond, cond]), torch.cat([pose, pose]))
-        eps_u, eps_c = eps.chunk(2)
-        x = ddim.step(eps_u + guidance_scale * (eps_c - eps_u), int(t), x).prev_sample
+        tt = torch.full((len(poses),), int(t), device=device, dtype=torch.long)
+        eps_u, eps_c, *eps_p = model(x.repeat(len(poses) // n, 1, 1, 1), tt, embeds, poses).chunk(len(poses) // n)
+        eps = eps_u + guidance_scale * (eps_c - eps_u)
+        if eps_p:
+            eps = eps + view_guidance_scale * (eps_c - eps_p[0])
+        x = ddim.step(eps, int(t), x).prev_sample
     return ((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu()

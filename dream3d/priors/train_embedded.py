@@ -368,9 +368,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = tune 1 vs 2)")
     ap.add_argument("--data", choices=["shards", "render"], default="shards")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--suffix-prob", type=float, default=PriorTrainConfig.suffix_prob)
     args = ap.parse_args()
     cfg = PriorTrainConfig(steps=args.steps, batch_size=args.batch_size, threads=args.threads, data=args.data,
-                           seed=args.seed)
+                           seed=args.seed, suffix_prob=args.suffix_prob)
     saved = args.out / "checkpoint" / "state.json"
     if args.resume and saved.exists():
         # A resumed run keeps the architecture it was started with, whatever the defaults are now.

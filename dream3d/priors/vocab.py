@@ -69,6 +69,11 @@ def clean_prompt(text: str) -> str:
     return " ".join(w for w in words(text) if w in known).replace(" ,", ",")
 
 
+def without_view(text: str) -> str:
+    """The cleaned prompt without its view suffix: 'a red chair, back view' -> 'a red chair'."""
+    return re.sub(r",? *\b(?:%s) view\b" % "|".join(VIEWS), "", clean_prompt(text)).strip()
+
+
 def caption(colour: str, obj: str, view: str | None = None) -> str:
     """'an orange chair, back view' (English article; normalisation reads it as 'a')."""
     article = "an" if colour[0] in "aeiou" else "a"
