@@ -111,7 +111,8 @@ def test_entry_names_are_deterministic():
 
 def test_plan_resolves_like_generate_and_fails_bad_entries(tmp_path):
     entries = parse_yaml(yaml.safe_dump({"prompts": [
-        "a red cube", "a red cube",  # written twice: one run
+        {"prompt": "a red cube", "preset": "dreamfusion"},
+        {"prompt": "a red cube", "preset": "dreamfusion"},  # written twice: one run
         {"prompt": "a blue cube", "preset": "nope"},
         {"prompt": "a green cube", "set": {"train.bogus": 1}},
         {"prompt": "a pink cube", "guidance": "magic"},

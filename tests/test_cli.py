@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from dream3d.cli import app
 
 TINY = [
-    "--steps", "4", "--resolution", "32", "--seed", "0", "--device", "cpu",
+    "--preset", "dreamfusion", "--steps", "4", "--resolution", "32", "--seed", "0", "--device", "cpu",
     "--set", "train.preview_every=2", "--set", "train.ckpt_every=2",
     "--set", "export.mesh_resolution=32", "--set", "export.video_frames=4", "--set", "export.video_resolution=32",
     "--set", "prior_resolution=64", "--set", "export.texture_size=64", "--set", "representation.samples_per_ray=16",
@@ -80,7 +80,7 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, tiny_sd_dir):
     import torch
 
     def cfg():
-        return presets.resolve(None, {"prompt": "a red cube", "model": str(tiny_sd_dir), "device": "cpu",
+        return presets.resolve("dreamfusion", {"prompt": "a red cube", "model": str(tiny_sd_dir), "device": "cpu",
                                      "train.steps": 6, "train.resolution": 32, "prior_resolution": 64,
                                      "representation.samples_per_ray": 16},
                               ["export.mesh=false", "export.video=false", "train.preview_every=0", "train.ckpt_every=0"])
@@ -169,7 +169,7 @@ def test_repeated_nans_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path, 
     from dream3d import pipeline, presets
     from dream3d.errors import UserError
 
-    cfg = presets.resolve(None, {"prompt": "a red cube", "model": str(tiny_embedded_dir), "device": "cpu",
+    cfg = presets.resolve("dreamfusion", {"prompt": "a red cube", "model": str(tiny_embedded_dir), "device": "cpu",
                                  "train.steps": 10, "train.resolution": 32},
                           ["export.mesh=false", "export.video=false", "train.preview_every=0", "train.ckpt_every=2",
                            "train.max_nan_steps=3", "representation.samples_per_ray=16"])

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 from dream3d import registry
 from dream3d.cli import app
 
-FAST = ["--steps", "2", "--resolution", "32", "--device", "cpu", "--set", "export.mesh=false",
+FAST = ["--preset", "dreamfusion", "--steps", "2", "--resolution", "32", "--device", "cpu", "--set", "export.mesh=false",
         "--set", "export.video=false", "--set", "train.preview_every=0"]
 SMALL = {"hashgrid_nerf": ["--set", "representation.samples_per_ray=16"],
          "gaussians": ["--set", "representation.n_init=500"],

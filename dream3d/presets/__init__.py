@@ -9,7 +9,7 @@ import yaml
 from dream3d.config import RunConfig, build
 from dream3d.errors import UserError
 
-DEFAULT_PRESET = "dreamfusion"
+DEFAULT_PRESET = "gaussian"
 
 
 def preset_names() -> list[str]:
