@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from dream3d.evaluation.evaluate import evaluate_run
+from dream3d.presets import DEFAULT_PRESET
 
 ONE_PER_OBJECT = ["a red cube", "an orange sphere", "a yellow cone", "a green cylinder", "a blue torus",
                   "a purple pyramid", "a pink mushroom", "a green tree", "a brown house", "a blue chair",
@@ -40,7 +41,7 @@ def run_one(prompt: str, preset: str, out: Path, extra: list[str]) -> tuple[Path
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--preset", default="dreamfusion")
+    ap.add_argument("--preset", default=DEFAULT_PRESET)
     ap.add_argument("--prompts", nargs="*", default=ONE_PER_OBJECT)
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None)

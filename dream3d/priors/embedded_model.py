@@ -286,10 +286,11 @@ def ddim_sample(
     if view_guidance_scale != 0 and has_view:
         embeds.append(model.embed(plain))
         poses.append(no_pose)
+    passes = len(poses)  # 2, or 3 with the view-free branch
     embeds, poses = torch.cat(embeds), torch.cat(poses)
     for t in ddim.timesteps:
-        tt = torch.full((len(poses),), int(t), device=device, dtype=torch.long)
-        eps_u, eps_c, *eps_p = model(x.repeat(len(poses) // n, 1, 1, 1), tt, embeds, poses).chunk(len(poses) // n)
+        tt = torch.full((passes * n,), int(t), device=device, dtype=torch.long)
+        eps_u, eps_c, *eps_p = model(x.repeat(passes, 1, 1, 1), tt, embeds, poses).chunk(passes)
         eps = eps_u + guidance_scale * (eps_c - eps_u)
         if eps_p:
             eps = eps + view_guidance_scale * (eps_c - eps_p[0])
