@@ -201,12 +201,17 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     if not isinstance(data, dict):
         raise UserError(f"config section '{prefix or cls.__name__}' must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            raise UserError(f"unknown config key '{full}'; allowed: {', '.join(names)}")
+        if key not in fields:
+            raise UserError(f"unknown config key '{full}'; allowed: {', '.join(fields)}")
+        factory = fields[key].default_factory
+        if isinstance(value, dict) and factory is not dataclasses.MISSING:
+            default = factory()
+            if isinstance(default, dict):  # a table such as train.lr: the keys given change, the rest stay
+                value = {**default, **value}
         kwargs[key] = _coerce(value, hints[key], full)
     return cls(**kwargs)
 

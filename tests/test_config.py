@@ -13,6 +13,17 @@ def test_precedence_preset_flags_set():
     assert cfg.stages[0].train.steps == 50
 
 
+def test_set_reads_exponent_numbers_and_naming_the_presets_guidance_keeps_its_options():
+    cfg = presets.resolve("fast", {"prompt": "a red cube"}, ["train.lr.sdf=5e-3", "train.lr.mlp=2E-4"])
+    assert cfg.stages[0].train.lr["sdf"] == 0.005 and cfg.stages[0].train.lr["mlp"] == 0.0002
+    assert cfg.stages[0].train.lr["encoding"] == config.TrainConfig().lr["encoding"]  # the rest of the table stays
+    preset_scale = presets.resolve("gaussian", {"prompt": "x"}, []).guidance.options.guidance_scale
+    named = presets.resolve("gaussian", presets.run_flags("x", guidance="sds"), [])
+    assert named.guidance.options.guidance_scale == preset_scale != 100.0
+    other = presets.resolve("gaussian", presets.run_flags("x", guidance="vsd"), [])
+    assert other.guidance.name == "vsd" and other.guidance.options.guidance_scale == 7.5  # VSD's own default
+
+
 def test_unknown_key_and_wrong_type_name_the_key():
     with pytest.raises(UserError, match="train.stepz"):
         presets.resolve(None, {"prompt": "x"}, ["train.stepz=3"])
@@ -54,7 +65,7 @@ def test_stages_inherit_defaults_and_steps_flag_is_the_total():
     coarse, fine = cfg.stages
     assert (coarse.train.steps, coarse.train.resolution) == (300, 32)
     assert (fine.train.steps, fine.train.resolution) == (100, 64)
-    assert fine.train.lr == {"mlp": 0.1, "encoding": 0.2}
+    assert fine.train.lr == {**config.TrainConfig().lr, "mlp": 0.1, "encoding": 0.2}
     assert fine.guidance.options.guidance_scale == 7.0 and fine.guidance.options.t_max == 0.5
     assert coarse.guidance.options.t_max != 0.5
 

@@ -68,6 +68,11 @@ def parse_set(items: list[str]) -> list[tuple[str, Any]]:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         out.append((key.strip(), value))
     return out
 
@@ -129,6 +134,8 @@ def resolve(preset: str | None, flags: dict[str, Any], overrides: list[str]) -> 
     for key, value in flags.items():
         if value is None:
             continue
+        if key in ("representation", "guidance") and value == {"name": (data.get(key) or {}).get("name")}:
+            continue  # the preset's own component, named again: keep its options
         if key == "train.steps":
             _apply_total_steps(data, value)
         elif key == "train.resolution":
