@@ -1,6 +1,7 @@
 """Marching tetrahedra, mesh regularisers and the DMTet representation."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from dream3d.cameras import orbit_cameras
 from dream3d.errors import UserError
 from dream3d.render.raster import mesh_edges
-from dream3d.representations.dmtet import DMTet, DMTetConfig
+from dream3d.representations.dmtet import DMTet, DMTetConfig, blur_grid
 from dream3d.representations.tetgrid import KUHN_CORNERS, TetGrid, crossing_topology, marching_tets, zero_crossings
 from dream3d.training.regularizers import face_normals, laplacian_smoothness, normal_consistency, vertex_normals
 
@@ -317,3 +318,23 @@ def test_silhouettes_alone_fit_the_shape():
         loss.backward()
         opt.step()
     assert start < 0.75 and iou(rep) > 0.9
+
+
+def test_gradient_smoothing_blurs_the_grid_gradient_like_a_direct_sum():
+    n, sigma = 5, 0.8
+    values = torch.randn(n ** 3, 2, dtype=torch.float64)
+    radius = max(1, int(3 * sigma + 0.5))
+    weights = [math.exp(-0.5 * (d / sigma) ** 2) for d in range(-radius, radius + 1)]
+    total = sum(weights)
+    cube = values.view(n, n, n, 2)
+    slow = torch.zeros_like(cube)
+    for i, j, k in itertools.product(range(n), repeat=3):  # edges repeat their last value
+        for a, b, c in itertools.product(range(-radius, radius + 1), repeat=3):
+            w = weights[a + radius] * weights[b + radius] * weights[c + radius] / total ** 3
+            slow[i, j, k] += w * cube[min(max(i + a, 0), n - 1), min(max(j + b, 0), n - 1), min(max(k + c, 0), n - 1)]
+    torch.testing.assert_close(blur_grid(values, n, sigma), slow.view(-1, 2))
+
+    rep = DMTet(small_config(grid_resolution=n - 1, gradient_smoothing=sigma))
+    target = torch.randn(n ** 3)
+    (rep.sdf * target).sum().backward()
+    torch.testing.assert_close(rep.sdf.grad, blur_grid(target, n, sigma))

@@ -69,6 +69,33 @@ def test_pixel_prior_gradient_is_hand_formula(tiny_if_prior, weighting):
     assert out.logs["t"] == pytest.approx(sum(t) / B)
 
 
+def test_view_guidance_adds_what_the_view_suffix_and_camera_change(tiny_embedded_dir):
+    from dream3d.priors.loading import load_prior
+
+    prior, B, v = load_prior(str(tiny_embedded_dir), torch.device("cpu")), 2, 3.0
+    r = prior.resolution
+    images = torch.rand(B, r, r, 3, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    noise = torch.randn(B, 3, r, r, generator=torch.Generator().manual_seed(2))
+    cams = cams_at([0.0, 170.0], size=r)
+    prompt = PromptProcessor(prior, "a red cube")
+    t = [300, 700]
+    guidance = SDSGuidance(prior, SDSConfig(guidance_scale=5.0, view_guidance_scale=v), FixedTimesteps(t))
+    guidance(render(images), cams, prompt, progress=0.3, noise=noise).loss.backward()
+
+    x = images.detach().permute(0, 3, 1, 2) * 2 - 1
+    a = prior.alphas_cumprod[torch.tensor(t)].view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x + (1 - a).sqrt() * noise
+    cond, uncond = prompt(cams)
+    pose = cams.pose_features()
+    with torch.no_grad():  # three separate calls: conditional, unconditional, no view suffix and no camera
+        eps_c = prior.predict_eps(x_t, torch.tensor(t), cond, pose)
+        eps_u = prior.predict_eps(x_t, torch.tensor(t), uncond, pose)
+        eps_p = prior.predict_eps(x_t, torch.tensor(t), prompt.cond_plain.expand_as(cond), None)
+    g = (1 - a) * (eps_u + 5.0 * (eps_c - eps_u) + v * (eps_c - eps_p) - noise)
+    assert_close_to(images.grad, (2 * g / B).permute(0, 2, 3, 1))
+    assert not torch.allclose(eps_c, eps_p)  # the term is not vacuous
+
+
 def test_latent_prior_gradient_is_hand_formula_through_encode(tiny_sd_prior, monkeypatch):
     prior, B = tiny_sd_prior, 2
     seen = {}

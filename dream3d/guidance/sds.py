@@ -6,6 +6,11 @@ classifier-free guidance, and push g = w(t) (eps_hat - eps) into the render.
 CFG convention: eps_hat = eps_u + s (eps_c - eps_u), the diffusers form, so
 s = 1 is the plain conditional prediction. DreamFusion's paper (and threestudio)
 write eps_c + w (eps_c - eps_u), i.e. w = s - 1: their "100" is s = 101 here.
+
+View guidance (optional, `view_guidance_scale` v): eps_hat += v (eps_c - eps_p), where
+eps_p reads the prompt without its view suffix and without the camera, so what the
+view adds to the prediction is amplified (the embedded prior's sampler does the same;
+a prior that learned views faintly otherwise lets the front show from behind).
 """
 from __future__ import annotations
 
@@ -36,6 +41,8 @@ class SDSConfig:
     """t_max after annealing."""
     grad_clip: float | None = None
     """Clamp every element of g to [-grad_clip, grad_clip] (None: no clamp)."""
+    view_guidance_scale: float = 0.0
+    """v in + v (eps_c - eps_p), eps_p without view suffix and camera (0: off, saves a UNet pass)."""
 
 
 class SDSGuidance:
@@ -77,13 +84,19 @@ class SDSGuidance:
             a_t = self.alphas_cumprod[t].view(B, 1, 1, 1)
             x_t = a_t.sqrt() * x + (1.0 - a_t).sqrt() * eps
             cond, uncond = prompt(cams)
+            embeds = [cond, uncond]
             camera = cams.pose_features().to(x.device) if self.prior.takes_camera else None
-            eps_pred = self.prior.predict_eps(  # one batched call: [conditional; unconditional]
-                torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, uncond]),
-                camera=None if camera is None else torch.cat([camera, camera]),
-            ).float()
-            eps_c, eps_u = eps_pred.chunk(2)
+            cameras = None if camera is None else [camera, camera]
+            if self.cfg.view_guidance_scale:
+                embeds.append(prompt.cond_plain.expand_as(cond))
+                cameras = None if cameras is None else [*cameras, torch.zeros_like(camera)]
+            n = len(embeds)  # one batched call: [conditional; unconditional; (view-free)]
+            eps_pred = self.prior.predict_eps(torch.cat([x_t] * n), torch.cat([t] * n), torch.cat(embeds),
+                                              camera=None if cameras is None else torch.cat(cameras)).float()
+            eps_c, eps_u, *eps_p = eps_pred.chunk(n)
             eps_hat = eps_u + self.cfg.guidance_scale * (eps_c - eps_u)
+            if eps_p:
+                eps_hat = eps_hat + self.cfg.view_guidance_scale * (eps_c - eps_p[0])
             # A NaN / inf prediction (fp16 overflow) is left in: the loss turns non-finite and the
             # trainer skips the step, logs it, and stops the run after repeated ones.
             g = self.weight(a_t) * (eps_hat - eps)

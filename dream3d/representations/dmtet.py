@@ -67,12 +67,32 @@ class DMTetConfig:
     """Blend pixels across silhouette edges (gives the outline gradients)."""
     regularizers: bool = True
     """Compute the normal-consistency and Laplacian terms into extras (off saves time when their weights are zero)."""
+    gradient_smoothing: float = 0.0
+    """Blur the SDF and offset gradients over the grid with a Gaussian of this many cells
+    (0 = off): a noisy score then moves patches of surface, not single vertices into spikes."""
     freeze_geometry: bool = False
     """Keep the SDF and deformation fixed (a texture-only stage)."""
     freeze_texture: bool = False
     """Keep the texture field fixed (a geometry-only stage)."""
     backend: Literal["auto", "torch", "nvdiffrast"] = "auto"
     """Rasteriser: nvdiffrast on CUDA when installed ("auto"), or the pure-torch one."""
+
+
+def blur_grid(values: Tensor, n: int, sigma: float) -> Tensor:
+    """Values [n^3] or [n^3, C] on the grid's vertices (x-major), blurred by a separable
+    Gaussian of `sigma` cells; edges repeat their last value."""
+    radius = max(1, int(3 * sigma + 0.5))
+    taps = torch.arange(-radius, radius + 1, dtype=values.dtype, device=values.device)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    channels = values.reshape(n ** 3, -1).t().reshape(-1, 1, n, n, n)  # [C, 1, n, n, n]
+    for axis in range(3):
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + axis] = len(taps)
+        pad = [0] * 6
+        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius  # F.pad lists the last axis first
+        channels = F.conv3d(F.pad(channels, pad, mode="replicate"), kernel.view(shape))
+    return channels.reshape(-1, n ** 3).t().reshape(values.shape)
 
 
 class DMTet(Representation):
@@ -87,6 +107,8 @@ class DMTet(Representation):
         self.init_sphere(cfg.init_radius)
         for p in (self.sdf, self.deform):
             p.requires_grad_(not cfg.freeze_geometry)
+            if cfg.gradient_smoothing > 0 and not cfg.freeze_geometry:
+                p.register_hook(lambda g: blur_grid(g, cfg.grid_resolution + 1, cfg.gradient_smoothing))
         for p in self._texture_params():
             p.requires_grad_(not cfg.freeze_texture)
         self._frozen_surface: tuple | None = None
