@@ -16,7 +16,7 @@ from dream3d.training.regularizers import face_normals, laplacian_smoothness, no
 
 
 def small_config(**kw) -> DMTetConfig:
-    base = dict(grid_resolution=16, n_levels=4, log2_table_size=12, base_resolution=4, per_level_scale=1.5, hidden_dim=16)
+    base = dict(grid_resolution=16, gradient_smoothing=0.0, n_levels=4, log2_table_size=12, base_resolution=4, per_level_scale=1.5, hidden_dim=16)
     return DMTetConfig(**{**base, **kw})
 
 

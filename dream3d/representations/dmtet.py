@@ -67,9 +67,10 @@ class DMTetConfig:
     """Blend pixels across silhouette edges (gives the outline gradients)."""
     regularizers: bool = True
     """Compute the normal-consistency and Laplacian terms into extras (off saves time when their weights are zero)."""
-    gradient_smoothing: float = 0.0
+    gradient_smoothing: float = 1.5
     """Blur the SDF and offset gradients over the grid with a Gaussian of this many cells
-    (0 = off): a noisy score then moves patches of surface, not single vertices into spikes."""
+    (0 = the raw gradient): a noisy score then moves patches of surface, not single vertices
+    into spikes. Measured effect: README, Presets."""
     freeze_geometry: bool = False
     """Keep the SDF and deformation fixed (a texture-only stage)."""
     freeze_texture: bool = False
@@ -78,21 +79,26 @@ class DMTetConfig:
     """Rasteriser: nvdiffrast on CUDA when installed ("auto"), or the pure-torch one."""
 
 
+def blur_matrix(n: int, sigma: float) -> Tensor:
+    """[n, n] Gaussian blur of `sigma` samples along one axis; the ends repeat their last value."""
+    radius = max(1, int(3 * sigma + 0.5))
+    taps = torch.arange(-radius, radius + 1)
+    weights = torch.exp(-0.5 * (taps / sigma) ** 2)
+    weights = weights / weights.sum()
+    rows = torch.arange(n)[:, None].expand(n, len(taps))
+    cols = (rows + taps).clamp(0, n - 1)
+    return torch.zeros(n, n).index_put_((rows, cols), weights.expand(n, -1), accumulate=True)
+
+
 def blur_grid(values: Tensor, n: int, sigma: float) -> Tensor:
     """Values [n^3] or [n^3, C] on the grid's vertices (x-major), blurred by a separable
-    Gaussian of `sigma` cells; edges repeat their last value."""
-    radius = max(1, int(3 * sigma + 0.5))
-    taps = torch.arange(-radius, radius + 1, dtype=values.dtype, device=values.device)
-    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    channels = values.reshape(n ** 3, -1).t().reshape(-1, 1, n, n, n)  # [C, 1, n, n, n]
-    for axis in range(3):
-        shape = [1, 1, 1, 1, 1]
-        shape[2 + axis] = len(taps)
-        pad = [0] * 6
-        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius  # F.pad lists the last axis first
-        channels = F.conv3d(F.pad(channels, pad, mode="replicate"), kernel.view(shape))
-    return channels.reshape(-1, n ** 3).t().reshape(values.shape)
+    Gaussian of `sigma` cells, one matrix product per axis (BLAS is far faster than conv3d here)."""
+    k = blur_matrix(n, sigma).to(values)
+    cube = values.reshape(n, n, n, -1)
+    cube = torch.einsum("ia,ajkc->ijkc", k, cube)
+    cube = torch.einsum("ja,iakc->ijkc", k, cube)
+    cube = torch.einsum("ka,ijac->ijkc", k, cube)
+    return cube.reshape(values.shape)
 
 
 class DMTet(Representation):

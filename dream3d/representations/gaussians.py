@@ -168,7 +168,7 @@ class Gaussians(Representation):
         if shading not in SHADING_MODES:
             raise ValueError(f"unknown shading {shading!r}; expected one of {', '.join(SHADING_MODES)}")
         c = self.cfg
-        B, H, W = cams.batch_size, cams.height, cams.width
+        H, W = cams.height, cams.width
         means = self.means
         eye = cams.c2w[:, :3, 3].to(means.dtype)  # [B, 3]
         to_gauss = means[None] - eye[:, None]  # [B, N, 3]
