@@ -249,3 +249,7 @@ def test_prior_quality_reads_samples_with_the_classifier(tiny_embedded_dir):
     # The per-object numbers average to the overall one (equal sample counts per object).
     objs = [d["object"] for d in result["per_object"].values()]
     assert abs(sum(objs) / len(objs) - result["object"]) < 1e-9
+    # Only the fronted chair has per-view reads; its three views average to the overall view read.
+    assert "front view" not in result["per_object"]["cube"]
+    chair_views = [result["per_object"]["chair"][f"{v} view"] for v in ("front", "side", "back")]
+    assert abs(sum(chair_views) / 3 - result["view"]) < 1e-9

@@ -46,7 +46,9 @@ def measure_prior(prior, n: int = 8, guidance_scale: float = SAMPLE_GUIDANCE_SCA
                 imgs = prior.sample(vp, n=n, guidance_scale=guidance_scale, steps=steps, seed=seed + 1,
                                     camera=_cameras(len(vp) * n, az), view_guidance_scale=view_guidance_scale)
                 pred = clf.predict(imgs).view_logits.argmax(-1)
-                views += (pred == clf.cfg.views.index(view)).float().tolist()
+                right = (pred == clf.cfg.views.index(view)).float().tolist()
+                views += right
+                per_object[obj].setdefault(f"{view} view", []).extend(right)
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
     result = {
         "samples_per_prompt": n, "guidance_scale": guidance_scale, "view_guidance_scale": view_guidance_scale,
@@ -63,11 +65,12 @@ def measure_prior(prior, n: int = 8, guidance_scale: float = SAMPLE_GUIDANCE_SCA
 
 def format_table(result: dict) -> Table:
     table = Table(title=f"prior samples read by the classifier ({result['samples_per_prompt']} per prompt)")
-    for col in ("object", "object read", "colour read"):
+    view_names = list(VIEW_AZIMUTH)
+    for col in ("object", "object read", "colour read", *(f"{v} view read" for v in view_names)):
         table.add_column(col)
-    for obj, d in result["per_object"].items():
-        table.add_row(obj, f"{100 * d['object']:.0f}%", f"{100 * d['colour']:.0f}%")
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    for obj, d in result["per_object"].items():
+        table.add_row(obj, pct(d["object"]), pct(d["colour"]), *(pct(d.get(f"{v} view")) for v in view_names))
     table.add_row("[bold]all", f"[bold]{pct(result['object'])}", f"[bold]{pct(result['colour'])}")
     table.caption = (f"view (fronted objects, front/side/back suffix): {pct(result['view'])}; bars: object 90%, "
                      f"colour 95%, view 80% -> {'met' if result['meets_bars'] else 'not met'}")
