@@ -57,7 +57,10 @@ def run_one(job: tuple) -> dict:
                                         "train.steps": None if args.stage else args.steps},
                           ["export.mesh=false", "export.video=false", "train.preview_every=0"])
     if args.stage:
-        cfg.stages = [s for s in cfg.stages if s.name == args.stage]
+        kept = [s for s in cfg.stages if s.name == args.stage]
+        if not kept:
+            raise SystemExit(f"--stage {args.stage}: the preset's stages are {', '.join(s.name for s in cfg.stages)}")
+        cfg.stages = kept
         cfg.stages[0].train.steps = args.steps
     pipeline.generate(cfg, run.parent, run_dir=run)
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
