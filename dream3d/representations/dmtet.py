@@ -15,6 +15,7 @@ texture field can start as a copy of the NeRF's (`init_texture_from`). With
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -79,6 +80,7 @@ class DMTetConfig:
     """Rasteriser: nvdiffrast on CUDA when installed ("auto"), or the pure-torch one."""
 
 
+@functools.lru_cache(maxsize=8)
 def blur_matrix(n: int, sigma: float) -> Tensor:
     """[n, n] Gaussian blur of `sigma` samples along one axis; the ends repeat their last value."""
     radius = max(1, int(3 * sigma + 0.5))
