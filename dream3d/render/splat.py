@@ -2,19 +2,23 @@
 
 On CUDA the whole render is gsplat's fused `rasterization`. On the CPU the Gaussians
 are projected by `project` (gsplat's EWA formulas written as broadcast products;
-`project_reference` is the same through gsplat's pure-torch helpers) and composited
-by a tile rasteriser written here: each (tile, Gaussian) pair whose opacity-aware
-footprint reaches the tile becomes one row; the depth-sorted rows of a tile are
-composited densely over its pixels. The exponents of all (row, pixel) pairs are one
-matrix product (each Gaussian's quadratic form expanded in pixel-offset monomials),
-and the backward pass is written by hand from the saved alphas and weights, chunk
-by chunk of tiles so the working set stays in cache. `rasterize_dense` is the slow
-twin the tests compare it with.
+`project_reference` is the same through the 3x3-matrix helpers of `gaussian_math`)
+and composited by a tile rasteriser written here: each (tile, Gaussian) pair whose
+opacity-aware footprint reaches the tile becomes one row; the depth-sorted rows of
+a tile are composited densely over its pixels. The exponents of all (row, pixel)
+pairs are one matrix product (each Gaussian's quadratic form expanded in
+pixel-offset monomials), and the backward pass is written by hand from the saved
+alphas and weights, chunk by chunk of tiles so the working set stays in cache.
+`rasterize_dense` is the slow twin the tests compare it with.
 
 Rules shared by every path (gsplat's): a Gaussian is drawn when its camera depth
 exceeds `near_plane`; the 2D covariance gets `eps2d` added on its diagonal; a pixel
-sees alpha = min(0.999, o * exp(-q / 2)) and skips it below 1/255. There is no early
-termination, so the CPU result can differ from gsplat's by transmittances below 1e-4.
+sees alpha = min(0.999, o * exp(-q / 2)) and skips it below 1/255; and a pixel stops,
+in depth order, at the first Gaussian that would leave it a transmittance
+T (1 - alpha) <= 1e-4, *before* adding it (gsplat's kernel is exclusive). That
+Gaussian and all behind it get no value and no gradient there; the rendered alpha
+is 1 - T, so it never exceeds 1 - 1e-4. The stop is a piecewise-constant choice:
+gradients treat it as fixed, as gsplat's backward does.
 
 Cameras follow dream3d (OpenGL: looking down -Z, +Y up); they are converted once
 here to the OpenCV view matrices and intrinsics gsplat expects.
@@ -25,14 +29,15 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from gsplat.cuda._torch_impl import _persp_proj, _quat_scale_to_covar_preci, _quat_to_rotmat, _world_to_cam
 from torch import Tensor
 
+from dream3d.render.gaussian_math import persp_proj, quat_scale_to_covar_preci, quat_to_rotmat, world_to_cam
 from dream3d.types import Cameras
 
 ALPHA_MIN = 1.0 / 255.0  # a Gaussian fainter than this at a pixel is skipped there
 ALPHA_MAX = 0.999  # alpha is clamped below 1 so transmittance stays invertible
+T_STOP = 1.0e-4  # a pixel stops before the Gaussian that would leave it this transmittance or less
+LOG_T_STOP = math.log(T_STOP)
 PAD_LOGIT = -1.0e4  # log-alpha of the padding rows: alpha is exactly 0
 CHUNK_ELEMENTS = 1 << 16  # (row, pixel) pairs composited at once on the CPU
 
@@ -84,7 +89,7 @@ def project(
     W the camera rotation and J the perspective Jacobian (clamped 30% beyond the image
     as gsplat does). Written with broadcast products instead of thousands of 3x3 matmuls,
     which is several times faster on the CPU; `project_reference` is the same through
-    gsplat's helpers."""
+    the 3x3-matrix helpers."""
     rot, t = viewmats[:, None, :3, :3], viewmats[:, None, :3, 3]  # [C, 1, 3, 3], [C, 1, 3]
     means_c = torch.matmul(means, viewmats[:, :3, :3].transpose(1, 2)) + t  # [C, N, 3]
     x, y, z = means_c.unbind(-1)
@@ -98,7 +103,7 @@ def project(
     # Rows of J W: d(pixel)/d(world), [C, N, 3] each.
     row_x = (fx / z)[..., None] * (rot[..., 0, :] - u[..., None] * rot[..., 2, :])
     row_y = (fy / z)[..., None] * (rot[..., 1, :] - v[..., None] * rot[..., 2, :])
-    m = _quat_to_rotmat(quats) * scales[:, None, :]  # [N, 3, 3] = R diag(s)
+    m = quat_to_rotmat(quats) * scales[:, None, :]  # [N, 3, 3] = R diag(s)
     jx = (row_x[..., :, None] * m).sum(-2)  # [C, N, 3]
     jy = (row_y[..., :, None] * m).sum(-2)
     xx, xy, yy = (jx * jx).sum(-1) + eps2d, (jx * jy).sum(-1), (jy * jy).sum(-1) + eps2d
@@ -110,13 +115,13 @@ def project(
 
 def project_reference(means: Tensor, quats: Tensor, scales: Tensor, viewmats: Tensor, Ks: Tensor, width: int,
                       height: int, eps2d: float = 0.3, near_plane: float = 0.01) -> Projected:
-    """`project` through gsplat's pure-torch helpers (the slow twin for the tests)."""
-    covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_preci=False)
-    means_c, covars_c = _world_to_cam(means, covars, viewmats)  # [C, N, 3], [C, N, 3, 3]
+    """`project` through 3x3 covariance matrices (the slow twin for the tests)."""
+    covars, _ = quat_scale_to_covar_preci(quats, scales, compute_preci=False)
+    means_c, covars_c = world_to_cam(means, covars, viewmats)  # [C, N, 3], [C, N, 3, 3]
     depths = means_c[..., 2]
     visible = depths > near_plane
     safe = torch.cat([means_c[..., :2], torch.where(visible, depths, torch.ones_like(depths))[..., None]], -1)
-    means2d, cov = _persp_proj(safe, covars_c, Ks, width, height)
+    means2d, cov = persp_proj(safe, covars_c, Ks, width, height)
     xx, xy, yy = cov[..., 0, 0] + eps2d, 0.5 * (cov[..., 0, 1] + cov[..., 1, 0]), cov[..., 1, 1] + eps2d
     det = (xx * yy - xy * xy).clamp(min=1e-12)
     conics = torch.stack([yy / det, -xy / det, xx / det], -1)
@@ -222,20 +227,26 @@ def _row_exponents(g: Tensor, plan: TilePlan) -> tuple[Tensor, Tensor, Tensor]:
 def _chunk_weights(psi: Tensor, phi: Tensor) -> tuple[Tensor, Tensor]:
     """Alpha and compositing weights [T, P, n] of a chunk of tiles with depth-sorted rows
     psi [T, n, 6] over pixels phi [P, 6]. Rows run along the last, contiguous axis (a
-    scan along it is several times faster than along a middle axis). Exponents are
-    floored at -80 and transmittance at e^-60: exp() of lower values and arithmetic
-    on denormals are many times slower, and such terms are below any tolerance."""
+    scan along it is several times faster than along a middle axis).
+    gsplat's stop: the transmittance after row i only falls with i, so the rows the
+    stop drops are exactly those after which it is <= T_STOP; their alpha is set to 0,
+    which also gives them no gradient in the backward. Exponents are floored at -80 and
+    the transmittance before a row just under T_STOP: exp() of lower values and
+    arithmetic on denormals are many times slower, and such terms are 0 anyway."""
     alpha = torch.matmul(phi, psi.transpose(1, 2)).clamp_(min=-80.0).exp_().clamp_(max=ALPHA_MAX)
-    alpha = F.threshold_(alpha, ALPHA_MIN, 0.0)  # skipped pairs: exactly 0
+    alpha.masked_fill_(alpha < ALPHA_MIN, 0.0)  # skipped pairs: exactly 0
     log_t = torch.log1p(-alpha)
-    w = log_t.cumsum(2).sub_(log_t).clamp_(min=-60.0).exp_().mul_(alpha)
+    log_after = log_t.cumsum(2)  # log transmittance after each row
+    alpha.masked_fill_(log_after <= LOG_T_STOP, 0.0)  # the pixel stopped at or before this row
+    w = log_after.sub_(log_t).clamp_(min=LOG_T_STOP - 1.0).exp_().mul_(alpha)  # T before the row * alpha
     return alpha, w
 
 
 class _TileComposite(torch.autograd.Function):
     """out[t, p] = sum_i w_i feat_i over the depth-sorted rows i of tile t, with
     w_i = alpha_i prod_{j<i} (1 - alpha_j) and log alpha_i = psi_i . phi_p, psi_i a
-    function of its Gaussian's g = (mean x, mean y, conic a, b, c, log opacity)."""
+    function of its Gaussian's g = (mean x, mean y, conic a, b, c, log opacity);
+    alpha_i is 0 where skipped (< 1/255) or past the pixel's stop (see `_chunk_weights`)."""
 
     @staticmethod
     def forward(ctx, gauss: Tensor, feats: Tensor, plan: TilePlan) -> Tensor:
@@ -269,7 +280,8 @@ class _TileComposite(torch.autograd.Function):
             flat = table.view(-1)
             g = grad_out.index_select(0, tiles)  # [T, P, D]
             d_feat.index_copy_(0, flat, torch.bmm(w.transpose(1, 2), g).view(flat.shape[0], -1))
-            # d out / d log alpha_i = alpha_i (feat_i T_i - sum_{j>i} feat_j w_j / (1 - alpha_i))
+            # d out / d log alpha_i = alpha_i (feat_i T_i - sum_{j>i} feat_j w_j / (1 - alpha_i)):
+            # 0 for rows past the stop (alpha = w = 0), whose terms also drop out of the sums.
             s = torch.bmm(g, feat.transpose(1, 2)).mul_(w)  # [T, P, n]
             behind = s.cumsum(2).neg_().add_(s.sum(2, keepdim=True))
             d_logit = s.sub_(behind.mul_(alpha).div_(1.0 - alpha))
@@ -315,8 +327,8 @@ def rasterize_tiles(proj: Projected, opacities: Tensor, features: Tensor, width:
 
 def rasterize_dense(proj: Projected, opacities: Tensor, features: Tensor, width: int,
                     height: int) -> tuple[Tensor, Tensor]:
-    """Slow reference: every pixel against every visible Gaussian, in depth order.
-    Returns the image [C, H, W, D] and alpha [C, H, W, 1]."""
+    """Slow reference: every pixel against every visible Gaussian, in depth order,
+    stopping where gsplat does. Returns the image [C, H, W, D] and alpha [C, H, W, 1]."""
     C, N = proj.depths.shape
     y, x = torch.meshgrid(torch.arange(height, dtype=features.dtype) + 0.5,
                           torch.arange(width, dtype=features.dtype) + 0.5, indexing="ij")
@@ -329,7 +341,9 @@ def rasterize_dense(proj: Projected, opacities: Tensor, features: Tensor, width:
         a, b, c = proj.conics[ci, idx].unbind(-1)
         q = a * d[..., 0] ** 2 + 2.0 * b * d[..., 0] * d[..., 1] + c * d[..., 1] ** 2
         alpha = (opacities[idx] * torch.exp(-0.5 * q)).clamp(max=ALPHA_MAX)
-        alpha = torch.where(alpha > ALPHA_MIN, alpha, torch.zeros_like(alpha))
+        alpha = torch.where(alpha >= ALPHA_MIN, alpha, torch.zeros_like(alpha))
+        after = torch.cumprod(1.0 - alpha.detach(), 1)  # transmittance after each Gaussian, non-increasing
+        alpha = torch.where(after > T_STOP, alpha, torch.zeros_like(alpha))  # stopped at or before it
         trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha[:, :-1]], 1), 1)
         w = alpha * trans
         images.append((w @ features[ci, idx]).view(height, width, -1))

@@ -22,7 +22,9 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from gsplat.cuda._torch_impl import _quat_scale_to_covar_preci, _quat_to_rotmat, _spherical_harmonics
+from dream3d.render.gaussian_math import (quat_scale_to_covar_preci as _quat_scale_to_covar_preci,
+                                          quat_to_rotmat as _quat_to_rotmat,
+                                          spherical_harmonics as _spherical_harmonics)
 from torch import Tensor, nn
 
 from dream3d.errors import UserError
