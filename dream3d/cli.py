@@ -198,6 +198,12 @@ def prior_train(
     suffix_prob: float = typer.Option(0.5, help="Share of captions that carry their view suffix (', back view')."),
 ) -> None:
     """Train the embedded prior on procedural renders (resumable: Ctrl-C and run again)."""
+    if "torch" not in sys.modules:
+        # OpenMP reads this once, as torch loads: idle threads then sleep instead of spinning (on a
+        # shared CPU spinning makes 2 threads slower than 1); the trainer's ThreadTuner reads it too.
+        import os
+
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from dream3d.procedural.dataset import shard_path, write_shard
     from dream3d.priors.train_embedded import PriorTrainConfig, train_prior
 

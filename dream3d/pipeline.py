@@ -42,6 +42,7 @@ def load_prior_for(cfg: RunConfig, device: torch.device):
     ignored = prior.check_prompt(cfg.prompt, allow_unknown_words=cfg.allow_unknown_words)
     prompt = PromptProcessor(prior, cfg.prompt, negative_prompt=cfg.negative_prompt, view_dependent=cfg.view_dependent)
     prompt.ignored_words = ignored
+    prior.release_text_encoder()  # every text the run needs is embedded (IF's T5: about 9 GB)
     return prior, prompt
 
 

@@ -1,17 +1,22 @@
 """Diffusers-backed priors and their loader, on tiny random models saved in the real layouts."""
 from __future__ import annotations
 
+import ast
 import shutil
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
 
+import dream3d.priors
 from dream3d.errors import UserError
 from dream3d.priors.deepfloyd import DeepFloydPrior
-from dream3d.priors.loading import detect_family, load_prior, weights_variant
-from dream3d.priors.stable_diffusion import StableDiffusionPrior, eps_from_model_output
+from dream3d.priors.hub import eps_from_model_output, weights_variant
+from dream3d.priors.loading import detect_family, load_prior
+from dream3d.priors.stable_diffusion import StableDiffusionPrior
 
 
 def _frozen(*modules) -> bool:
@@ -122,6 +127,101 @@ def test_if_release_text_encoder_keeps_cached_prompts(tiny_if_dir):
     torch.testing.assert_close(p.embed(["a cat"]), before)
     with pytest.raises(RuntimeError):
         p.embed(["a dog"])
+
+
+def test_a_run_frees_the_if_text_encoder_once_its_prompts_are_embedded(tiny_if_dir):
+    from dream3d.cameras import orbit_cameras
+    from dream3d.config import RunConfig
+    from dream3d.pipeline import load_prior_for
+
+    cfg = RunConfig(prompt="a red cube", negative_prompt="blurry", model=str(tiny_if_dir), prior_resolution=16,
+                    device="cpu")
+    prior, prompt = load_prior_for(cfg, torch.device("cpu"))
+    assert isinstance(prior, DeepFloydPrior) and prior.text_encoder is None
+    reference = load_prior(str(tiny_if_dir), device="cpu", resolution=16)
+    cams = orbit_cameras(torch.tensor([0.0, 10.0]), torch.tensor([0.0, 180.0]), torch.full((2,), 3.0),
+                         torch.full((2,), 45.0), 16, 16)
+    cond, uncond = prompt(cams)
+    torch.testing.assert_close(cond, reference.embed(["a red cube, front view", "a red cube, back view"]))
+    torch.testing.assert_close(uncond, reference.embed(["blurry"] * 2))
+    # the null prompt a guidance may ask for later (ISM, the CSD classifier) was embedded too
+    torch.testing.assert_close(prior.embed([""]), reference.embed([""]))
+    x_t = torch.randn(2, 3, 16, 16)
+    assert torch.isfinite(prior.predict_eps(x_t, torch.tensor([10, 500]), cond)).all()
+    with pytest.raises(RuntimeError, match="released"):
+        prior.embed(["a blue ball"])
+
+
+def test_the_base_prior_releases_nothing(tiny_sd_prior):
+    tiny_sd_prior.release_text_encoder()  # documented no-op default: CLIP stays
+    assert tiny_sd_prior.text_encoder is not None and tiny_sd_prior.embed(["a new prompt"]).shape == (1, 77, 32)
+
+
+def test_backends_take_an_already_resolved_folder(tiny_if_dir):
+    p = DeepFloydPrior(tiny_if_dir, resolution=16)
+    assert p.folder == tiny_if_dir and p.embed(["a cat"]).shape == (1, 77, 32)
+    with pytest.raises(TypeError):
+        DeepFloydPrior(tiny_if_dir, allow_download=True)  # finding a folder is the loader's job
+
+
+# ---------------------------------------------------------------- module structure
+
+PRIORS_DIR = Path(dream3d.priors.__file__).parent
+
+
+def _priors_import_graph() -> dict[str, set[str]]:
+    """priors module -> the priors modules it imports anywhere (top level or inside functions)."""
+    names = {f.stem for f in PRIORS_DIR.glob("*.py") if f.stem != "__init__"}
+    graph: dict[str, set[str]] = {}
+    for name in names:
+        deps = set()
+        for node in ast.walk(ast.parse((PRIORS_DIR / f"{name}.py").read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level == 0:
+                    base = node.module or ""
+                else:  # relative: only one level up stays inside dream3d.priors
+                    base = ("dream3d.priors" + (f".{node.module}" if node.module else "")) if node.level == 1 else ""
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            else:
+                continue
+            deps |= {t.split(".")[2] for t in targets if t.startswith("dream3d.priors.") and t.split(".")[2] in names}
+        graph[name] = deps - {name}
+    return graph
+
+
+def test_priors_import_graph_has_no_cycle():
+    graph = _priors_import_graph()
+    assert {"stable_diffusion", "deepfloyd", "loading", "hub"} <= set(graph)
+    state: dict[str, str] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = "open"
+        for dep in sorted(graph[node]):
+            if state.get(dep) == "open":
+                cycle = path[path.index(dep):] + [dep]
+                pytest.fail("import cycle in dream3d/priors: " + " -> ".join(cycle))
+            if dep not in state:
+                visit(dep, path + [dep])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    # the backends never reach back to the dispatcher
+    assert "loading" not in graph["stable_diffusion"] | graph["deepfloyd"]
+
+
+def test_each_priors_module_imports_on_its_own():
+    modules = sorted(f"dream3d.priors.{f.stem}" for f in PRIORS_DIR.glob("*.py") if f.stem != "__init__")
+    code = ("import importlib, sys\n"
+            f"for name in {modules!r}:\n"
+            "    for m in [m for m in sys.modules if m.startswith('dream3d')]:\n"
+            "        del sys.modules[m]\n"
+            "    importlib.import_module(name)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 # ---------------------------------------------------------------- loading and errors

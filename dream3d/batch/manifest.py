@@ -28,7 +28,6 @@ from dream3d.atomic import write_text_atomic
 from dream3d.errors import UserError
 
 MANIFEST = "batch.json"
-STATES = ("queued", "running", "done", "failed")
 
 
 def now() -> str:
@@ -151,7 +150,3 @@ class EntryLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
-
-    @property
-    def held(self) -> bool:
-        return self.fd is not None

@@ -17,22 +17,20 @@ from dream3d.types import Cameras
 class PromptProcessor:
     """Embeds a prompt (and its view variants) and a negative prompt once, then hands out
     per-camera batches. The negative prompt is the unconditional branch of CFG ("" = none).
-    Whether the prior can read the prompt is checked by the caller (`prior.check_prompt`)."""
+    Whether the prior can read the prompt is checked by the caller (`prior.check_prompt`).
+    The empty prompt is embedded too, so a guidance that needs the null embedding finds it in
+    the prior's cache after the run frees the text encoder (`prior.release_text_encoder()`)."""
 
     def __init__(self, prior: DiffusionPrior, prompt: str, negative_prompt: str = "", view_dependent: bool = True):
         self.prompt = prompt
         self.negative_prompt = negative_prompt
         self.view_dependent = view_dependent
         self.view_prompts = {v: with_view(prompt, v) if view_dependent else prompt for v in VIEW_NAMES}
-        texts = [self.view_prompts[v] for v in VIEW_NAMES] + [prompt, negative_prompt]
-        embeds = prior.embed(texts)  # [6, L, D]
+        texts = [self.view_prompts[v] for v in VIEW_NAMES] + [prompt, negative_prompt, ""]
+        embeds = prior.embed(texts)  # [7, L, D]
         self._views = {v: embeds[i] for i, v in enumerate(VIEW_NAMES)}
         self.cond_plain = embeds[len(VIEW_NAMES)]  # [L, D] the prompt without a view suffix
         self.uncond = embeds[len(VIEW_NAMES) + 1]  # [L, D]
-
-    def prompts_for(self, cams: Cameras) -> list[str]:
-        """The conditional prompt text each camera gets."""
-        return [self.view_prompts[v] for v in view_names(cams.elevation, cams.azimuth)]
 
     def __call__(self, cams: Cameras) -> tuple[Tensor, Tensor]:
         """(cond [B, L, D], uncond [B, L, D]) for a batch of cameras."""

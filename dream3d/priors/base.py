@@ -49,6 +49,11 @@ class DiffusionPrior(ABC):
         """Noise prediction [B, C, h, w] for x_t [B, C, h, w] at integer timesteps t [B],
         text embeddings [B, L, D], and optional camera pose features [B, 16]."""
 
+    def release_text_encoder(self) -> None:
+        """Free the text encoder once every prompt the run needs is embedded (called after the
+        run's `PromptProcessor` is built). Prompts embedded before keep working from the cache;
+        a new one raises. Default: nothing to free (a small text encoder stays loaded)."""
+
     def check_prompt(self, prompt: str, allow_unknown_words: bool = False) -> list[str]:
         """Raise UserError if the prior cannot read the prompt; return the words it will ignore."""
         return []

@@ -11,10 +11,7 @@ import torch
 from torch import Tensor
 
 from dream3d.priors.base import DiffusionPrior
-from dream3d.priors.loading import (
-    check_parts, default_dtype, freeze, load_part, resolve_model_folder, weights_variant,
-)
-from dream3d.priors.stable_diffusion import eps_from_model_output, resize_square
+from dream3d.priors.hub import default_dtype, eps_from_model_output, load_frozen_parts, resize_square
 
 TEXT_TOKENS = 77  # IF was trained on 77 T5 tokens
 
@@ -22,27 +19,21 @@ TEXT_TOKENS = 77  # IF was trained on 77 T5 tokens
 class DeepFloydPrior(DiffusionPrior):
     name = "deepfloyd-if"
 
-    def __init__(self, model: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
-                 resolution: int = 64, allow_download: bool = False, cache_dir: str | Path | None = None):
-        from diffusers import DDPMScheduler, UNet2DConditionModel
-        from transformers import AutoTokenizer, T5EncoderModel
+    def __init__(self, folder: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+                 resolution: int = 64):
+        """`folder`: a local diffusers folder, already resolved (`loading.load_prior` also
+        takes Hugging Face ids and looks them up in the cache)."""
+        from diffusers import UNet2DConditionModel
+        from transformers import T5EncoderModel
 
-        folder = resolve_model_folder(str(model), allow_download, cache_dir)
-        check_parts(folder, "if")
-        self.folder = folder
+        self.folder = Path(folder)
         self.device = torch.device(device)
         self.dtype = default_dtype(self.device, dtype)
         self.resolution = resolution
-        fp16 = self.dtype == torch.float16
-        self.unet = load_part(UNet2DConditionModel, folder, "unet", torch_dtype=self.dtype,
-                              variant=weights_variant(folder / "unet", fp16))
-        self.text_encoder = load_part(T5EncoderModel, folder, "text_encoder", dtype=self.dtype,
-                                      variant=weights_variant(folder / "text_encoder", fp16))
-        self.tokenizer = load_part(AutoTokenizer, folder, "tokenizer")
-        self.scheduler = load_part(DDPMScheduler, folder, "scheduler")
-        self.unet.to(self.device)
-        self.text_encoder.to(self.device)
-        freeze(self.unet, self.text_encoder)
+        parts = load_frozen_parts(self.folder, "if", self.device, self.dtype, text_encoder=T5EncoderModel,
+                                  models={"unet": UNet2DConditionModel})
+        self.unet, self.text_encoder = parts["unet"], parts["text_encoder"]
+        self.tokenizer, self.scheduler = parts["tokenizer"], parts["scheduler"]
         self.prediction_type = self.scheduler.config.prediction_type
         self._text_cache: dict[str, Tensor] = {}
 
@@ -69,7 +60,8 @@ class DeepFloydPrior(DiffusionPrior):
         return torch.stack([self._text_cache[p] for p in prompts])
 
     def release_text_encoder(self) -> None:
-        """Drop T5 (about 9 GB in fp16) once every prompt is embedded; cached prompts keep working."""
+        """Drop T5 (about 9 GB in fp16) once every prompt is embedded; cached prompts keep working,
+        a new one raises RuntimeError."""
         self.text_encoder = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

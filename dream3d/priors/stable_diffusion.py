@@ -8,37 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from dream3d.priors.base import DiffusionPrior
-from dream3d.priors.loading import (
-    check_parts, default_dtype, freeze, load_part, resolve_model_folder, weights_variant,
-)
-
-
-def eps_from_model_output(out: Tensor, x_t: Tensor, alpha_bar_t: Tensor, prediction_type: str) -> Tensor:
-    """Noise prediction from a UNet output of any diffusers `prediction_type`.
-
-    out, x_t: [B, C, h, w]; alpha_bar_t: [B, 1, 1, 1]. With x_t = alpha x0 + sigma eps:
-    v = alpha eps - sigma x0  =>  eps = alpha v + sigma x_t;  x0  =>  eps = (x_t - alpha x0) / sigma.
-    """
-    if prediction_type == "epsilon":
-        return out
-    alpha, sigma = alpha_bar_t.sqrt(), (1.0 - alpha_bar_t).sqrt()
-    if prediction_type == "v_prediction":
-        return alpha * out + sigma * x_t
-    if prediction_type == "sample":
-        return (x_t - alpha * out) / sigma
-    raise ValueError(f"unsupported prediction_type {prediction_type!r}")
-
-
-def resize_square(images: Tensor, size: int) -> Tensor:
-    """[B, C, H, W] -> [B, C, size, size], bilinear; antialiased only when shrinking."""
-    if images.shape[-2:] == (size, size):
-        return images
-    shrink = images.shape[-1] > size or images.shape[-2] > size
-    return F.interpolate(images, (size, size), mode="bilinear", align_corners=False, antialias=shrink)
+from dream3d.priors.hub import default_dtype, eps_from_model_output, load_frozen_parts, resize_square
 
 
 class StableDiffusionPrior(DiffusionPrior):
@@ -49,29 +22,21 @@ class StableDiffusionPrior(DiffusionPrior):
 
     name = "stable-diffusion"
 
-    def __init__(self, model: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
-                 resolution: int = 512, allow_download: bool = False, cache_dir: str | Path | None = None):
-        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-        from transformers import AutoTokenizer, CLIPTextModel
+    def __init__(self, folder: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+                 resolution: int = 512):
+        """`folder`: a local diffusers folder, already resolved (`loading.load_prior` also
+        takes Hugging Face ids and looks them up in the cache)."""
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel
 
-        folder = resolve_model_folder(str(model), allow_download, cache_dir)
-        check_parts(folder, "sd")
-        self.folder = folder
+        self.folder = Path(folder)
         self.device = torch.device(device)
         self.dtype = default_dtype(self.device, dtype)
         self.resolution = resolution
-        fp16 = self.dtype == torch.float16
-        kw = dict(torch_dtype=self.dtype)
-        self.unet = load_part(UNet2DConditionModel, folder, "unet", variant=weights_variant(folder / "unet", fp16), **kw)
-        self.vae = load_part(AutoencoderKL, folder, "vae", variant=weights_variant(folder / "vae", fp16), **kw)
-        self.text_encoder = load_part(CLIPTextModel, folder, "text_encoder", dtype=self.dtype,
-                                      variant=weights_variant(folder / "text_encoder", fp16))
-        self.tokenizer = load_part(AutoTokenizer, folder, "tokenizer")
-        # DDPM's training-time noise table; loads the config of whatever sampler the folder ships.
-        self.scheduler = load_part(DDPMScheduler, folder, "scheduler")
-        for m in (self.unet, self.vae, self.text_encoder):
-            m.to(self.device)
-        freeze(self.unet, self.vae, self.text_encoder)
+        parts = load_frozen_parts(self.folder, "sd", self.device, self.dtype, text_encoder=CLIPTextModel,
+                                  models={"unet": UNet2DConditionModel, "vae": AutoencoderKL})
+        self.unet, self.vae, self.text_encoder = parts["unet"], parts["vae"], parts["text_encoder"]
+        self.tokenizer, self.scheduler = parts["tokenizer"], parts["scheduler"]
         self.prediction_type = self.scheduler.config.prediction_type
         self.latent_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.scaling_factor = float(self.vae.config.scaling_factor)

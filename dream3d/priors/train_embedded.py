@@ -5,18 +5,13 @@ it swaps in a complete checkpoint directory (weights, EMA, optimizer, RNG state,
 step), exports the EMA weights as a loadable prior folder (`out_dir/prior/`), and
 now and then writes a sample grid (`out_dir/samples/step-XXXXXX.png`).
 
-    python -m dream3d.priors.train_embedded --out DIR --steps 20000 --resume
+    dream3d prior train --out DIR --steps 20000      (the one entry point: dream3d/cli.py)
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-
-# Idle OpenMP threads sleep instead of spinning: on a shared CPU, spinning makes 2 threads
-# several times slower than 1; passive, 2 threads beat 1. Only effective before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import shutil
 import sys
 import time
@@ -357,31 +352,3 @@ def _progress_bar(start: int, total: int):
     bar.add_task("train", total=total, completed=start, loss=float("nan"))
     bar.start()
     return bar
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description="Train the embedded prior on procedural renders.")
-    ap.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, samples, prior/)")
-    ap.add_argument("--steps", type=int, default=PriorTrainConfig.steps)
-    ap.add_argument("--batch-size", type=int, default=PriorTrainConfig.batch_size)
-    ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint if present")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = tune 1 vs 2)")
-    ap.add_argument("--data", choices=["shards", "render"], default="shards")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--suffix-prob", type=float, default=PriorTrainConfig.suffix_prob)
-    args = ap.parse_args()
-    cfg = PriorTrainConfig(steps=args.steps, batch_size=args.batch_size, threads=args.threads, data=args.data,
-                           seed=args.seed, suffix_prob=args.suffix_prob)
-    saved = args.out / "checkpoint" / "state.json"
-    if args.resume and saved.exists():
-        # A resumed run keeps the architecture it was started with, whatever the defaults are now.
-        cfg.model = model_config_from_dict(json.loads(saved.read_text())["config"]["model"])
-    train_prior(cfg, args.out, resume=args.resume)
-
-
-def model_config_from_dict(d: dict) -> EmbeddedModelConfig:
-    return EmbeddedModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-
-
-if __name__ == "__main__":
-    main()
