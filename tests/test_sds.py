@@ -1,6 +1,9 @@
 """SDS guidance, timestep schedules and view-dependent prompts, against hand computation."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -244,6 +247,7 @@ def test_view_suffixes_follow_camera_angles(tiny_sd_prior):
     cams = cams_at([0.0, 90.0, 180.0, -100.0, 30.0], [0.0, 0.0, 10.0, -5.0, 70.0])
     prompt = PromptProcessor(prior, "a red cube", negative_prompt="ugly")
     views = ["front", "side", "back", "side", "overhead"]
+    assert prompt.prompts_for(cams) == [f"a red cube, {v} view" for v in views]
     cond, uncond = prompt(cams)
     assert cond.shape == uncond.shape == (5, 77, 32)
     torch.testing.assert_close(cond, prior.embed([f"a red cube, {v} view" for v in views]))
@@ -254,3 +258,161 @@ def test_view_suffixes_follow_camera_angles(tiny_sd_prior):
     cond, uncond = plain(cams)
     torch.testing.assert_close(cond, prior.embed(["a red cube"] * 5))
     torch.testing.assert_close(uncond, prior.embed([""] * 5))
+
+
+# ---------------------------------------------------------------- shared pieces: schedule and noise source
+
+def old_sds(prior, cfg: SDSConfig, out, cams, prompt, progress, generator):
+    """SDS as `SDSGuidance.__call__` computed it before it was built on `guidance.common`: the
+    reference for bit-identical results (i.i.d. noise drawn inline, weighting and loss by hand)."""
+    anneal = None if cfg.anneal_at is None else (cfg.anneal_at, 0.5 if cfg.anneal_t_max is None else cfg.anneal_t_max)
+    timesteps = RandomTimesteps(0.02 if cfg.t_min is None else cfg.t_min, 0.98 if cfg.t_max is None else cfg.t_max,
+                                anneal, prior.num_train_timesteps)
+    x = prior.encode(out.rgb).float()
+    B = x.shape[0]
+    t = timesteps.sample(B, progress, generator).to(x.device)
+    with torch.no_grad():
+        gen_device = generator.device if generator is not None else x.device
+        eps = torch.randn(x.shape, generator=generator, device=gen_device).to(x.device, torch.float32)
+        a_t = prior.alphas_cumprod[t].view(B, 1, 1, 1)
+        x_t = a_t.sqrt() * x + (1.0 - a_t).sqrt() * eps
+        cond, uncond = prompt(cams)
+        embeds = [cond, uncond]
+        camera = cams.pose_features().to(x.device) if prior.takes_camera else None
+        cameras = None if camera is None else [camera, camera]
+        if cfg.view_guidance_scale:
+            embeds.append(prompt.cond_plain.expand_as(cond))
+            cameras = None if cameras is None else [*cameras, torch.zeros_like(camera)]
+        n = len(embeds)
+        eps_pred = prior.predict_eps(torch.cat([x_t] * n), torch.cat([t] * n), torch.cat(embeds),
+                                     camera=None if cameras is None else torch.cat(cameras)).float()
+        eps_c, eps_u, *eps_p = eps_pred.chunk(n)
+        eps_hat = eps_u + cfg.guidance_scale * (eps_c - eps_u)
+        if eps_p:
+            eps_hat = eps_hat + cfg.view_guidance_scale * (eps_c - eps_p[0])
+        w = {"sds": 1.0 - a_t, "fantasia": a_t.sqrt() * (1.0 - a_t), "uniform": torch.ones_like(a_t)}[cfg.weighting]
+        g = w * (eps_hat - eps)
+        if cfg.grad_clip is not None:
+            g = g.clamp(-cfg.grad_clip, cfg.grad_clip)
+    target = (x - g).detach()
+    loss = 0.5 * ((x - target) ** 2).sum() / B
+    return loss, {"grad_norm": float(g.norm()), "t": float(t.float().mean())}
+
+
+@pytest.mark.parametrize("case", [
+    ("if", SDSConfig(guidance_scale=20.0)),
+    ("if", SDSConfig(guidance_scale=100.0, weighting="fantasia", grad_clip=0.05, t_min=0.1, anneal_at=0.5,
+                     anneal_t_max=0.3)),
+    ("embedded", SDSConfig(guidance_scale=20.0)),
+    ("embedded", SDSConfig(guidance_scale=5.0, view_guidance_scale=3.0, t_max=0.5)),
+    ("sd", SDSConfig(guidance_scale=100.0, weighting="uniform")),
+])
+def test_default_sds_is_bit_identical_to_the_old_formula(case, request):
+    """Same seed, same numbers: the schedule and i.i.d. noise source draw what the old code drew."""
+    from dream3d.priors.loading import load_prior
+
+    kind, cfg = case
+    if kind == "embedded":
+        prior = load_prior(str(request.getfixturevalue("tiny_embedded_dir")), torch.device("cpu"))
+    else:
+        prior = request.getfixturevalue({"if": "tiny_if_prior", "sd": "tiny_sd_prior"}[kind])
+    size = 64 if kind == "sd" else prior.resolution
+    B = 2
+    cams = cams_at([0.0, 170.0], [0.0, 30.0], size=size)
+    prompt = PromptProcessor(prior, "a red cube", negative_prompt="blurry")
+    guidance = SDSGuidance(prior, cfg)
+    gen_new, gen_old = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
+    for step, progress in enumerate((0.1, 0.45, 0.8)):  # the RNG stream stays in step across calls and annealing
+        base = torch.rand(B, size, size, 3, generator=torch.Generator().manual_seed(step))
+        new_images, old_images = base.clone().requires_grad_(), base.clone().requires_grad_()
+        new = guidance(render(new_images), cams, prompt, progress, generator=gen_new)
+        old_loss, old_logs = old_sds(prior, cfg, render(old_images), cams, prompt, progress, gen_old)
+        new.loss.backward()
+        old_loss.backward()
+        assert torch.equal(new.loss, old_loss)
+        assert torch.equal(new_images.grad, old_images.grad)
+        assert new.logs == old_logs
+        assert torch.equal(gen_new.get_state(), gen_old.get_state())
+
+
+def test_default_preset_takes_a_noise_source_through_the_config(tiny_embedded_dir):
+    """`dream3d generate "a red cube" --set guidance.noise.kind=consistent-flow` on the default preset:
+    config resolution and the registry build an SDS whose eps comes from the consistent-flow field."""
+    from dream3d import presets, registry
+    from dream3d.noise import ConsistentFlowNoise
+    from dream3d.priors.loading import load_prior
+
+    cfg = presets.resolve(None, presets.run_flags("a red cube"),
+                          ["guidance.noise.kind=consistent-flow", "guidance.noise.consistent_flow.resolution=32"])
+    assert cfg.guidance.name == "sds" and cfg.guidance.options.noise.kind == "consistent-flow"
+    stage = cfg.stages[0]
+    assert stage.guidance.name == "sds" and stage.guidance.options.noise.consistent_flow.resolution == 32
+    preset_scale = stage.guidance.options.guidance_scale
+
+    prior = load_prior(str(tiny_embedded_dir), torch.device("cpu"))
+    guidance = registry.build("guidance", stage.guidance.name, prior, stage.guidance.options)
+    assert isinstance(guidance.modules()["sds_noise"], ConsistentFlowNoise)
+    t = [300, 700]
+    guidance.timesteps = FixedTimesteps(t)
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_noise import sphere_render
+
+    B, r = 2, prior.resolution
+    cams = cams_at([0.0, 40.0], [10.0, 10.0], size=r)
+    scene = sphere_render(cams)
+    images = torch.rand(B, r, r, 3, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    out_r = RenderOutput(rgb=images, alpha=scene.alpha, depth=scene.depth, normal=scene.normal)
+    prompt = PromptProcessor(prior, "a red cube")
+    guidance(out_r, cams, prompt, 0.3, generator=torch.Generator().manual_seed(5)).loss.backward()
+
+    # the field is fixed (refresh 0): asking the source again gives the eps the call used
+    eps = guidance.noise_source(out_r, cams, (B, 3, r, r), torch.Generator().manual_seed(6))
+    iid = torch.randn(B, 3, r, r, generator=torch.Generator().manual_seed(5))
+    assert not torch.allclose(eps, iid, atol=0.5)
+    x = images.detach().permute(0, 3, 1, 2) * 2 - 1
+    a = prior.alphas_cumprod[torch.tensor(t)].view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x + (1 - a).sqrt() * eps
+    cond, uncond = prompt(cams)
+    pose = cams.pose_features()
+    with torch.no_grad():
+        eps_c = prior.predict_eps(x_t, torch.tensor(t), cond, pose)
+        eps_u = prior.predict_eps(x_t, torch.tensor(t), uncond, pose)
+    g = (1 - a) * (eps_u + preset_scale * (eps_c - eps_u) - eps)
+    assert_close_to(images.grad, (2 * g / B).permute(0, 2, 3, 1))
+
+    # the field is the run's state: a fresh guidance restored from the checkpointed modules draws the same eps
+    state = guidance.modules()["sds_noise"].state_dict()
+    assert state["texels"].shape == (6, 32, 32, 3)
+    restored = registry.build("guidance", stage.guidance.name, prior, stage.guidance.options)
+    restored.modules()["sds_noise"].load_state_dict(state, strict=True)
+    torch.testing.assert_close(restored.noise_source(out_r, cams, (B, 3, r, r), torch.Generator().manual_seed(7)), eps)
+
+
+def test_flat_schedule_keys_map_into_the_timestep_config():
+    from dream3d import presets
+    from dream3d.config import from_dict, to_dict
+    from dream3d.guidance.timesteps import TimestepConfig, build_timesteps
+
+    assert SDSConfig().timesteps == TimestepConfig() and SDSConfig().noise.kind == "iid"
+    cfg = SDSConfig(t_min=0.1, t_max=0.9, anneal_at=0.5, anneal_t_max=0.3)
+    assert build_timesteps(cfg.timesteps, 1000) == RandomTimesteps(0.1, 0.9, (0.5, 0.3), 1000)
+    shared = TimestepConfig(kind="decreasing")
+    assert SDSConfig(t_max=0.6, timesteps=shared).timesteps == TimestepConfig(kind="decreasing", t_max=0.6)
+    assert shared.t_max == 0.98  # the given schedule config is copied, not changed
+    for c in (SDSConfig(), cfg):
+        assert from_dict(SDSConfig, to_dict(c)) == c  # what a run's config.yaml stores reloads
+
+    def schedules(preset, overrides=()):
+        run = presets.resolve(preset, presets.run_flags("a red cube"), list(overrides))
+        return {s.name: build_timesteps(s.guidance.options.timesteps, 1000) for s in run.stages}
+
+    # the presets that set the flat keys keep their schedules
+    assert list(schedules("dreamfusion-full").values()) == [RandomTimesteps(0.02, 0.98, (0.5, 0.5), 1000)]
+    magic = schedules("magic3d-full")
+    assert magic["coarse"] == RandomTimesteps(0.02, 0.98, None, 1000)
+    assert magic["refine"] == RandomTimesteps(0.02, 0.5, None, 1000)  # the stage's own t_max: 0.5
+    assert list(schedules(None).values()) == [RandomTimesteps(0.02, 0.98, None, 1000)] * 2
+    # and the schedule itself is swappable from the command line
+    swapped = schedules(None, ["guidance.timesteps.kind=decreasing", "guidance.timesteps.t_min=0.2"])
+    assert list(swapped.values()) == [DecreasingTimesteps(0.2, 0.98, ((0.0, 0.0), (1.0, 1.0)), 1000)] * 2

@@ -1,8 +1,8 @@
 """Small pieces every score-distillation rule shares: noising, weighting w(t),
 classifier-free guidance and the reparametrised loss.
 
-Unlike `SDSGuidance`, these helpers never replace NaN / inf by zero: a non-finite
-gradient makes the loss non-finite, and the trainer skips and logs that step.
+These helpers never replace NaN / inf by zero: a non-finite gradient makes the
+loss non-finite, and the trainer skips and logs that step.
 """
 from __future__ import annotations
 
@@ -51,14 +51,26 @@ def camera_features(prior: DiffusionPrior, cams: Cameras, device) -> Tensor | No
 
 
 def cfg_eps(prior: DiffusionPrior, x_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor,
-            camera: Tensor | None, scale: float) -> Tensor:
-    """eps_u + s (eps_c - eps_u) (diffusers convention) from one batched UNet call; x_t [B, C, h, w]."""
+            camera: Tensor | None, scale: float, plain: Tensor | None = None, view_scale: float = 0.0) -> Tensor:
+    """eps_u + s (eps_c - eps_u) (diffusers convention) from one batched UNet call; x_t [B, C, h, w].
+
+    With `plain` (the prompt without its view suffix, [B, L, D]) the same call also predicts
+    eps_p from `plain` and a zero camera ("no camera"), and view guidance adds v (eps_c - eps_p)."""
+    embeds = [cond, uncond]
+    cameras = None if camera is None else [camera, camera]
+    if plain is not None:
+        embeds.append(plain)
+        cameras = None if cameras is None else [*cameras, torch.zeros_like(camera)]
+    n = len(embeds)  # [conditional; unconditional; (view-free)]
     eps = prior.predict_eps(
-        torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, uncond]),
-        camera=None if camera is None else torch.cat([camera, camera]),
+        torch.cat([x_t] * n), torch.cat([t] * n), torch.cat(embeds),
+        camera=None if cameras is None else torch.cat(cameras),
     ).float()
-    eps_c, eps_u = eps.chunk(2)
-    return eps_u + scale * (eps_c - eps_u)
+    eps_c, eps_u, *eps_p = eps.chunk(n)
+    eps_hat = eps_u + scale * (eps_c - eps_u)
+    if eps_p:
+        eps_hat = eps_hat + view_scale * (eps_c - eps_p[0])
+    return eps_hat
 
 
 def draw_noise(noise: Tensor | None, source, out: RenderOutput, cams: Cameras, x: Tensor,
@@ -77,11 +89,15 @@ def clip(g: Tensor, limit: float | None) -> Tensor:
 
 @torch.no_grad()
 def score_gradient(prior: DiffusionPrior, x: Tensor, t: Tensor, eps: Tensor, prompt, cams: Cameras,
-                   guidance_scale: float, weighting: str, grad_clip: float | None) -> Tensor:
-    """The SDS-shaped update g = w(t) (eps_hat(x_t) - eps) with CFG, shared by the rules
-    that differ from SDS only in their noise and timesteps (CFD, GSD)."""
+                   guidance_scale: float, weighting: str, grad_clip: float | None,
+                   view_guidance_scale: float = 0.0) -> Tensor:
+    """The SDS update g = w(t) (eps_hat(x_t) - eps) with CFG, shared by SDS and the rules that
+    differ from it only in their noise and timesteps (CFD, GSD). A non-zero `view_guidance_scale`
+    adds view guidance (`cfg_eps` with the prompt's view-free embedding), in the same UNet call."""
     a_t = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
     x_t = add_noise(x, eps, a_t)
     cond, uncond = prompt(cams)
-    eps_hat = cfg_eps(prior, x_t, t, cond, uncond, camera_features(prior, cams, x.device), guidance_scale)
+    plain = prompt.cond_plain.expand_as(cond) if view_guidance_scale else None
+    eps_hat = cfg_eps(prior, x_t, t, cond, uncond, camera_features(prior, cams, x.device), guidance_scale,
+                      plain, view_guidance_scale)
     return clip(weight(weighting, a_t) * (eps_hat - eps), grad_clip)
