@@ -84,6 +84,7 @@ class RenderOutput:
     depth: Tensor  # [B, H, W, 1] expected ray distance (0 where empty)
     normal: Tensor | None = None  # [B, H, W, 3] world-space normals, in [-1, 1]
     extras: dict[str, Tensor] = field(default_factory=dict)  # e.g. regulariser terms
+    info: dict = field(default_factory=dict)  # what the representation's on_step needs from this render (gsplat's info)
 
 
 @dataclass

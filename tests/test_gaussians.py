@@ -104,7 +104,7 @@ def test_initialisation_shapes_and_nearest_neighbour_scale():
     colours = torch.rand(grid.shape[0], 3)
     rep.initialize(grid, colours, opacity=0.3)
     torch.testing.assert_close(rep.means, grid)
-    torch.testing.assert_close(rep.albedo(), colours, atol=1e-6, rtol=0)
+    torch.testing.assert_close(rep.colours(), colours, atol=1e-6, rtol=0)
     torch.testing.assert_close(torch.sigmoid(rep.opacity_logits), torch.full((216,), 0.3))
 
 
@@ -166,12 +166,12 @@ def test_max_gaussians_caps_growth():
     assert counts["cloned"] == 0 and counts["split"] == 2 and counts["total"] == 20 + 2 - 8
 
 
-def test_on_step_schedule_needs_the_optimizer():
+def test_on_step_schedule_needs_the_optimizer(monkeypatch):
     rep = small(n_init=20, densify_every=10, densify_from=0.1, densify_until=0.5)
     opt = adam(rep)
     cams = cameras(1)
     calls = []
-    rep.densify_and_prune = lambda optimizer=None: calls.append(optimizer)
+    monkeypatch.setattr(rep.strategy, "densify_and_prune", lambda params, optimizer, state: calls.append(optimizer))
     for step, progress in [(5, 0.2), (10, 0.05), (10, 0.2), (20, 0.6), (30, 0.3)]:
         out = train_step(rep, opt, cams)
         rep.on_step(step, progress, out, optimizer=opt)
@@ -187,9 +187,9 @@ def test_gradient_statistics_use_ndc_units():
     cams = cameras(2, res=20)
     out = rep.render(cams, torch.zeros(2, 3))
     out.rgb.sum().backward()
-    means2d, drawn, W, H = rep._last
+    means2d, drawn, W, H = (out.info[k] for k in ("means2d", "drawn", "width", "height"))
     expected = (means2d.grad * torch.tensor([0.5 * W * 2, 0.5 * H * 2])).norm(dim=-1) * drawn
-    rep.accumulate_stats()
+    rep.on_step(1, 0.0, out)  # before the densify window: statistics only
     torch.testing.assert_close(rep.grad_sum, expected.sum(0))
     torch.testing.assert_close(rep.grad_count, drawn.sum(0).float())
     assert rep.grad_count.max() == 2
@@ -246,7 +246,7 @@ def test_ply_round_trip_and_standard_layout(tmp_path):
     np.testing.assert_allclose(raw["scale_1"], rep.log_scales[:, 1].detach().numpy())
     np.testing.assert_allclose(raw["rot_0"], rep.quats[:, 0].detach().numpy(), rtol=1e-6)  # w first
     np.testing.assert_allclose(raw["f_rest_3"], rep.sh_rest[:, 0, 1].detach().numpy())  # channel-major: green's first
-    np.testing.assert_allclose(0.5 + SH_C0 * raw["f_dc_2"], rep.albedo()[:, 2].detach().numpy(), rtol=1e-5)
+    np.testing.assert_allclose(0.5 + SH_C0 * raw["f_dc_2"], rep.colours()[:, 2].detach().numpy(), rtol=1e-5)
     other = small(n_init=5, sh_degree=1)
     other.load_ply(path)
     cams = cameras(1)

@@ -4,17 +4,18 @@ mean, log-scales, a wxyz quaternion, an opacity logit and SH colour coefficients
 Rendering goes through `dream3d.render.splat` (gsplat on CUDA, the tile rasteriser
 on the CPU). Colours are shaded per Gaussian before compositing, with each
 Gaussian's normal taken as its shortest axis turned towards the camera.
-Densification follows 3DGS / gsplat's default strategy: Gaussians whose projected
-centres receive large average gradients are cloned (small) or split in two (large),
-then faint or huge ones are pruned; opacities can be reset periodically. These
-change the number of Gaussians: `on_step` takes the optimiser and swaps the new
-Parameters and their resized Adam moments into it (as gsplat's strategies do).
+Rendering has no side effects: what densification needs (the projected centres,
+whose gradient is retained, and which Gaussians were drawn) travels in the output's
+`info`. Densification is `gaussian_strategy.DensifyStrategy` (3DGS / gsplat's default
+strategy): `on_step` hands it the parameters, the optimiser (whose parameters and
+Adam moments it swaps when the number of Gaussians changes), the render's info and
+the strategy's state, which lives here in buffers (gradient statistics and the split
+generator's state), so checkpoints carry it and a resumed run is exact.
 `load_state_dict` resizes the parameters in place to the checkpoint's count.
 """
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -30,8 +31,9 @@ from torch import Tensor, nn
 from dream3d.errors import UserError
 from dream3d.render.shading import SHADING_MODES, shade
 from dream3d.render.splat import splat
-from dream3d.representations import gaussian_ply
+from dream3d.representations import gaussian_ply, gaussian_strategy
 from dream3d.representations.base import Representation
+from dream3d.representations.gaussian_strategy import STATE_KEYS, DensifyStrategy
 from dream3d.types import Cameras, Mesh, RenderOutput
 
 SH_C0 = gaussian_ply.SH_C0
@@ -108,10 +110,13 @@ class Gaussians(Representation):
         n_rest = (cfg.sh_degree + 1) ** 2 - 1
         for name, shape in zip(PARAMS, [(0, 3), (0, 3), (0, 4), (0,), (0, 1, 3), (0, n_rest, 3)]):
             setattr(self, name, nn.Parameter(torch.zeros(shape)))
-        self._last: tuple[Tensor, Tensor, int, int] | None = None
-        self._warned = False
-        self.reset_stats()
+        self.strategy = DensifyStrategy.from_config(cfg)
+        for key, value in gaussian_strategy.new_state(0, seed=0).items():  # grad_sum, grad_count, rng_state
+            self.register_buffer(key, value)
         self.initialize(self.random_points(cfg.n_init))
+        # Split offsets come from their own generator, seeded from the global RNG (which the
+        # pipeline seeds per run) and saved with the module: resuming never depends on global draws.
+        self.rng_state = torch.Generator().manual_seed(int(torch.randint(2**62, ()))).get_state()
 
     # ------------------------------------------------------------ initialisation
     def random_points(self, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -155,9 +160,13 @@ class Gaussians(Representation):
     def _params(self) -> dict[str, nn.Parameter]:
         return {name: getattr(self, name) for name in PARAMS}
 
+    def _strategy_state(self) -> dict[str, Tensor]:
+        return {key: getattr(self, key) for key in STATE_KEYS}
+
     # ------------------------------------------------------------ rendering
-    def albedo(self, dirs: Tensor | None = None) -> Tensor:
-        """Colours in [0, 1]: [N, 3] for degree 0, else [C, N, 3] seen along dirs [C, N, 3]."""
+    def colours(self, dirs: Tensor | None = None) -> Tensor:
+        """Per-Gaussian colours in [0, 1]: [N, 3] for degree 0 (or without dirs), else
+        [C, N, 3] seen along dirs [C, N, 3]. (Not an albedo field: that takes world points.)"""
         if self.cfg.sh_degree == 0 or dirs is None:
             return (SH_C0 * self.sh0[:, 0] + 0.5).clamp(0.0, 1.0)
         coeffs = torch.cat([self.sh0, self.sh_rest], 1).expand(dirs.shape[0], -1, -1, -1)
@@ -184,21 +193,20 @@ class Gaussians(Representation):
         if shading == "textureless":
             albedo = torch.ones_like(normal)
         else:
-            albedo = self.albedo(to_gauss if c.sh_degree > 0 else None).expand_as(normal)
+            albedo = self.colours(to_gauss if c.sh_degree > 0 else None).expand_as(normal)
         if light_dir is None:
             light_dir = eye / eye.norm(dim=-1, keepdim=True)
         colour = shade(albedo, normal, light_dir[:, None, :].to(means.dtype), c.ambient, c.diffuse, shading)
         features = torch.cat([colour, dist, normal], -1)  # [B, N, 7]
         res = splat(means, self.quats, self.log_scales.exp(), torch.sigmoid(self.opacity_logits), features, cams,
                     c.eps2d, c.near_plane, c.tile_size)
-        if res.means2d.requires_grad:
-            self._last = (res.means2d, res.drawn, W, H)
         alpha = res.alpha
         bg = background[:, None, None, :] if background.dim() == 2 else background
         rgb = res.image[..., :3] + (1.0 - alpha) * bg.to(alpha.dtype)
         sparsity = (alpha**2 + 0.01).sqrt().mean()
         return RenderOutput(rgb=rgb, alpha=alpha, depth=res.image[..., 3:4], normal=res.image[..., 4:7],
-                            extras={"opacity": sparsity})
+                            extras={"opacity": sparsity},
+                            info=gaussian_strategy.render_info(res.means2d, res.drawn, W, H))
 
     # ------------------------------------------------------------ training hooks
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -207,122 +215,51 @@ class Gaussians(Representation):
                 "opacities": [self.opacity_logits], "colors": colors}
 
     def reset_stats(self) -> None:
+        """Clear the densification statistics (sized to the current Gaussians)."""
         n, dev = self.means.shape[0], self.means.device
         self.grad_sum = torch.zeros(n, device=dev)  # summed projected-centre gradient norms
         self.grad_count = torch.zeros(n, device=dev)  # views in which each Gaussian was drawn
 
-    @torch.no_grad()
-    def accumulate_stats(self) -> None:
-        """Add the last render's projected-centre gradients (gsplat's normalisation:
-        pixels -> NDC, times the number of cameras the loss averaged over)."""
-        if self._last is None or self._last[0].grad is None or self._last[1].shape[1] != self.num_gaussians:
-            return
-        means2d, drawn, W, H = self._last
-        C = means2d.shape[0]
-        scale = means2d.new_tensor([0.5 * W * C, 0.5 * H * C])
-        norms = (means2d.grad * scale).norm(dim=-1) * drawn  # [C, N]
-        if self.grad_sum.shape[0] != self.num_gaussians or self.grad_sum.device != norms.device:
-            self.reset_stats()
-        self.grad_sum += norms.sum(0)
-        self.grad_count += drawn.sum(0)
-        self._last = None
+    def _densify(self, run):
+        """run(params, state) with the strategy's state from the buffers; adopts the
+        parameters and state it leaves behind (new objects when the number changed)."""
+        params, state = self._params(), self._strategy_state()
+        result = run(params, state)
+        for name, value in {**params, **state}.items():
+            setattr(self, name, value)
+        return result
 
     def on_step(self, step: int, progress: float, out: RenderOutput,
                 optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Densify, prune and reset opacities on schedule; `optimizer` (holding these
-        parameters) has its Adam moments resized along with them."""
-        if not self.training:
-            return
-        self.accumulate_stats()
-        c = self.cfg
-        if not (c.densify_from <= progress < c.densify_until) or step <= 0:
-            return
-        if c.densify_every and step % c.densify_every == 0:
-            if optimizer is None:  # the trainer's optimiser would keep the old parameters
-                if not self._warned:
-                    warnings.warn("Gaussians.on_step needs the optimizer to densify; densification is skipped",
-                                  stacklevel=2)
-                    self._warned = True
-            else:
-                self.densify_and_prune(optimizer)
-        if c.reset_opacity_every and step % c.reset_opacity_every == 0:
-            self.reset_opacity(optimizer)
+        """Densify, prune and reset opacities on the strategy's schedule from the render's
+        `out.info`; `optimizer` (holding these parameters) has its Adam moments resized along with them."""
+        if self.training:
+            self._densify(lambda p, s: self.strategy.step_post_backward(p, optimizer, s, step, progress, out.info))
 
-    @torch.no_grad()
     def densify_and_prune(self, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
-        """Clone small / split large Gaussians with a high average projected gradient,
-        then drop faint or huge ones; returns the counts of each and the new total.
-        The parameters are replaced: pass the optimiser holding them (it is updated in
-        place, as gsplat's strategies do) or build a new one from `param_groups()`."""
-        c = self.cfg
-        grads = self.grad_sum / self.grad_count.clamp(min=1)
-        size = self.log_scales.exp().max(-1).values
-        grow = grads > c.grad_threshold
-        room = max(0, c.max_gaussians - self.num_gaussians)  # each clone or split adds one Gaussian
-        if int(grow.sum()) > room:
-            top = grads.masked_fill(~grow, -1.0).topk(room).indices
-            grow = torch.zeros_like(grow).index_fill_(0, top, True)
-        clone, split = grow & (size <= c.split_scale), grow & (size > c.split_scale)
-        n_clone, n_split = int(clone.sum()), int(split.sum())
-        idx = split.nonzero().squeeze(1)
-        scales = self.log_scales[idx].exp()
-        noise = torch.randn(2, len(idx), 3, 1, device=scales.device)
-        offsets = (_quat_to_rotmat(self.quats[idx]) @ (scales[None, :, :, None] * noise))[..., 0]  # N(0, Sigma)
-        children = {name: getattr(self, name)[idx].repeat(2, *[1] * (getattr(self, name).dim() - 1)) for name in PARAMS}
-        children["means"] = (self.means[idx][None] + offsets).reshape(-1, 3)
-        children["log_scales"] = (scales / 1.6).log().repeat(2, 1)  # 3DGS: two children 1.6 times smaller
-        clones = {name: getattr(self, name)[clone] for name in PARAMS}
-        extra = {name: torch.cat([clones[name], children[name]]) for name in PARAMS}
-        self._rebuild((~split).nonzero().squeeze(1), extra, optimizer)
-        too_big = self.log_scales.exp().max(-1).values > c.prune_scale
-        prune = (torch.sigmoid(self.opacity_logits) < c.prune_opacity) | too_big
-        n_prune = int(prune.sum())
-        if n_prune:
-            self._rebuild((~prune).nonzero().squeeze(1), {}, optimizer)
-        self.reset_stats()
-        return {"cloned": n_clone, "split": n_split, "pruned": n_prune, "total": self.num_gaussians}
+        """One densify-and-prune pass now (see `DensifyStrategy.densify_and_prune`). The
+        parameters are replaced: pass the optimiser holding them (updated in place) or
+        build a new one from `param_groups()`."""
+        return self._densify(lambda p, s: self.strategy.densify_and_prune(p, optimizer, s))
 
-    @torch.no_grad()
     def reset_opacity(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Lower every opacity to at most reset_opacity_value and forget its Adam moments."""
-        v = self.cfg.reset_opacity_value
-        self.opacity_logits.data.clamp_(max=math.log(v / (1.0 - v)))
-        state = optimizer.state.get(self.opacity_logits, {}) if optimizer is not None else {}
-        for key, value in state.items():
-            if torch.is_tensor(value) and value.shape == self.opacity_logits.shape:
-                value.zero_()
-
-    def _rebuild(self, keep: Tensor, extra: dict[str, Tensor], optimizer: torch.optim.Optimizer | None) -> None:
-        """Keep the Gaussians `keep` [M] and append `extra` (per parameter). Each parameter
-        becomes a new Parameter (resizing one in place would break autograd graphs still
-        holding it); the optimiser's references and Adam moments follow (zeros for new rows)."""
-        for name, old in self._params().items():
-            add = extra.get(name, old.data[:0])
-            new = nn.Parameter(torch.cat([old.data[keep], add]), requires_grad=old.requires_grad)
-            if optimizer is not None:
-                for group in optimizer.param_groups:
-                    group["params"] = [new if q is old else q for q in group["params"]]
-                state = optimizer.state.pop(old, None)
-                if state is not None:
-                    optimizer.state[new] = {
-                        k: torch.cat([v[keep], v.new_zeros((add.shape[0],) + v.shape[1:])])
-                        if torch.is_tensor(v) and v.shape == old.shape else v
-                        for k, v in state.items()
-                    }
-            setattr(self, name, new)
-        self._last = None
+        gaussian_strategy.reset_opacity(self._params(), optimizer, self.cfg.reset_opacity_value)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """Resize the parameters to the checkpoint's number of Gaussians first, in place so
-        an optimiser built before the checkpoint is loaded still holds them."""
-        for name, p in self._params().items():
+        """Resize the parameters and statistics to the checkpoint's number of Gaussians first,
+        in place so an optimiser built before the checkpoint is loaded still holds them. A
+        checkpoint written before the densification state was saved loads with cleared statistics."""
+        means = state_dict.get(prefix + "means")
+        n = means.shape[0] if torch.is_tensor(means) else self.num_gaussians
+        for key, value in {**gaussian_strategy.new_state(n, seed=0), "rng_state": self.rng_state}.items():
+            state_dict.setdefault(prefix + key, value)
+        for name, p in {**self._params(), **self._strategy_state()}.items():
             value = state_dict.get(prefix + name)
             if torch.is_tensor(value) and value.shape != p.shape and value.shape[1:] == p.shape[1:]:
                 p.data = torch.empty(value.shape, dtype=p.dtype, device=p.device)
                 p.grad = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self.reset_stats()
-        self._last = None
 
     # ------------------------------------------------------------ files
     def to_splat_arrays(self) -> gaussian_ply.SplatArrays:
@@ -359,7 +296,7 @@ class Gaussians(Representation):
         cell = 2.0 * r / (res - 1)
         _, precis = _quat_scale_to_covar_preci(self.quats, self.log_scales.exp(), compute_covar=False)
         opac = torch.sigmoid(self.opacity_logits)
-        colour = self.albedo()
+        colour = self.colours()
         reach = (3.0 * self.log_scales.exp().max(-1).values / cell).ceil().clamp(0, res).long()
         centre = ((self.means + r) / cell).round().long()
         density = torch.zeros(res**3, device=dev)
