@@ -28,12 +28,9 @@ class TrainConfig:
     """Views rendered per step."""
     resolution: int = 64
     """Side of the square training renders in pixels."""
-    lr: dict[str, float] = field(default_factory=lambda: {
-        "encoding": 1e-2, "mlp": 1e-3, "lora": 1e-4, "sdf": 1e-3, "deform": 1e-3,
-        "means": 1e-3, "scales": 5e-3, "rotations": 1e-3, "opacities": 5e-2, "colors": 1e-2})
-    """Adam learning rate per parameter group of the representation (and guidance). DMTet's SDF
-    and offsets use 1e-3: at 1e-2 (a third of a grid-64 cell per step) SDS noise tore a refined
-    NeRF cube into a frame-filling shell of hundreds of thousands of faces."""
+    lr: dict[str, float] = field(default_factory=dict)
+    """Adam learning rates that override the components' own (each representation's and guidance's
+    config has an `lr` table for its parameter groups), e.g. {sdf: 5e-3}."""
     textureless_prob: float = 0.3
     """Probability of a shading-only (white albedo) render after the warm-up."""
     albedo_prob: float = 0.2
@@ -42,9 +39,8 @@ class TrainConfig:
     """Fraction of the run rendered with albedo only, before lighting is used."""
     background: tuple[float, float] = (0.55, 0.85)
     """Grey level range of the random solid training background."""
-    loss_weights: dict[str, float] = field(default_factory=lambda: {
-        "orient": 1e-2, "opacity": 1e-3, "normal_consistency": 1e-1, "laplacian": 1e-1})
-    """Weight of each regulariser a representation reports (orientation, opacity sparsity, mesh smoothness)."""
+    loss_weights: dict[str, float] = field(default_factory=dict)
+    """Weights that override the representation's own regulariser weights (its config's `loss_weights`), e.g. {laplacian: 0.5}."""
     grad_clip: float = 0.0
     """Clip the parameter gradient norm to this (0 = off)."""
     preview_every: int = 100
@@ -240,6 +236,38 @@ class Component:
         return {"name": self.name, **to_dict(self.options)}
 
 
+def own_table(options: Any, key: str) -> dict[str, float]:
+    """The `key` table ("lr" or "loss_weights") a component's config declares, merged with those
+    of the configs nested in it (CSD's VSD term); {} when it declares none."""
+    if not dataclasses.is_dataclass(options):
+        return {}
+    table: dict[str, float] = {}
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        if f.name == key and isinstance(value, dict):
+            table.update(value)
+        elif dataclasses.is_dataclass(value):
+            table.update(own_table(value, key))
+    return table
+
+
+def stage_learning_rates(stage: StageConfig) -> dict[str, float]:
+    """Learning rate per parameter group: the representation's and guidance's own, then train.lr."""
+    return {**own_table(stage.representation.options, "lr"), **own_table(stage.guidance.options, "lr"),
+            **stage.train.lr}
+
+
+def stage_loss_weights(stage: StageConfig) -> dict[str, float]:
+    """Weight per regulariser: the representation's own, then train.loss_weights."""
+    return {**own_table(stage.representation.options, "loss_weights"), **stage.train.loss_weights}
+
+
+def registered_table_keys(key: str) -> set[str]:
+    """Every name any registered component declares in its `key` table."""
+    return {name for kind in ("representation", "guidance") for entry in registry.entries(kind)
+            for name in own_table(entry.config_class()(), key)}
+
+
 def _component(key: str, data: Any, default: str) -> Component:
     """`key` is where it sits in the config ("representation", "stages.1.guidance")."""
     data = dict(data or {})
@@ -310,6 +338,13 @@ def validate(cfg: RunConfig) -> None:
                 raise UserError(f"{where}.{key} must be positive, got {getattr(t, key)}")
         if t.resolution < 16 or t.resolution > 1024:
             raise UserError(f"{where}.resolution must be between 16 and 1024, got {t.resolution}")
+    for key, what in (("lr", "parameter group"), ("loss_weights", "regulariser")):
+        known = registered_table_keys(key)
+        for stage in cfg.stages:
+            unknown = sorted(set(getattr(stage.train, key)) - known)
+            if unknown:
+                raise UserError(f"train.{key}.{unknown[0]}: no component has a {what} '{unknown[0]}'; "
+                                f"known: {', '.join(sorted(known))}")
     bad = [f for f in cfg.export.formats if f not in ("glb", "obj", "ply")]
     if bad:
         raise UserError(f"export.formats: unknown format '{bad[0]}'; choose from glb, obj, ply")

@@ -46,14 +46,30 @@ def load_prior_for(cfg: RunConfig, device: torch.device):
     return prior, prompt
 
 
+def stage_seed(cfg: RunConfig, index: int) -> int:
+    """The global RNG seed a stage's components are built under (LoRA and field initialisations),
+    so a stage built in a resumed run starts exactly as in an uninterrupted one."""
+    return cfg.seed * 1000 + index
+
+
 def build_stage(cfg: RunConfig, index: int, prior, prompt, run_dir: Path, device: torch.device):
     """The trainer of stage `index`, with a freshly initialised representation and guidance."""
     from dream3d.training.trainer import Trainer
 
     stage = cfg.stages[index]
+    torch.manual_seed(stage_seed(cfg, index))
     rep = build_representation(stage.representation, device)
     guidance = registry.build("guidance", stage.guidance.name, prior, stage.guidance.options)
     return Trainer(cfg, stage, index, run_dir, rep, guidance, prompt, device)
+
+
+def load_stage(cfg: RunConfig, index: int, run_dir: Path, device: torch.device):
+    """The finished representation of stage `index`, from its checkpoint (no guidance is built)."""
+    stage = cfg.stages[index]
+    torch.manual_seed(stage_seed(cfg, index))
+    rep = build_representation(stage.representation, device)
+    load_checkpoint(run_dir / "ckpt" / stage.name, {"representation": rep}, None, None)
+    return rep
 
 
 def stage_finished(run_dir: Path, stage) -> bool:
@@ -97,20 +113,18 @@ def generate(
     timings = dict(info.data.get("timings", {}))
     previous = None
     for index, stage in enumerate(cfg.stages):
-        trainer = build_stage(cfg, index, prior, prompt, run_dir, device)
-        ckpt = run_dir / "ckpt" / stage.name
         if stage_finished(run_dir, stage):
-            load_checkpoint(ckpt, {"representation": trainer.rep}, None, None)
-            previous = trainer.rep
+            previous = load_stage(cfg, index, run_dir, device)
             continue
-        if has_checkpoint(ckpt):
-            trainer.resume()
-        elif stage.init == "previous":
-            convert(previous, trainer.rep)
-        if on_start:
-            on_start(run_dir, trainer)
+        trainer = build_stage(cfg, index, prior, prompt, run_dir, device)
         t0 = time.perf_counter()
         try:
+            if has_checkpoint(trainer.ckpt_dir):
+                trainer.resume()
+            elif stage.init == "previous":
+                convert(previous, trainer.rep)
+            if on_start:
+                on_start(run_dir, trainer)
             trainer.fit(on_step)
         except KeyboardInterrupt:
             info.update(status="interrupted", stage=stage.name)
@@ -118,6 +132,8 @@ def generate(
         except Exception as e:
             info.update(status="failed", stage=stage.name, error=str(e))
             raise
+        finally:
+            trainer.guidance.close()  # nothing a stage's guidance put on the shared prior outlives the stage
         timings[f"{stage.name}_seconds"] = round(timings.get(f"{stage.name}_seconds", 0.0) + time.perf_counter() - t0, 2)
         info.update(status="trained", stage=stage.name, timings=timings)
         previous = trainer.rep
@@ -170,8 +186,8 @@ def export_run(run_dir: Path, rep=None, cfg: RunConfig | None = None, **override
         camera_cfg=cfg.camera, decimate_faces=ex.decimate_faces or None, texture_size=ex.texture_size,
         video_panels=ex.video_panels,
     )
-    if ex.mesh and hasattr(rep, "save_ply"):  # the splats themselves, for 3DGS viewers
-        files["gaussians"] = rep.save_ply(run_dir / "gaussians.ply")
+    if ex.mesh and rep.has("save_splats"):  # the splats themselves, for 3DGS viewers
+        files["gaussians"] = rep.save_splats(run_dir / "gaussians.ply")
     info = RunInfo(run_dir)
     timings = dict(info.data.get("timings", {}))
     timings["export_seconds"] = round(time.perf_counter() - t0, 2)

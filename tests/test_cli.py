@@ -8,6 +8,7 @@ import sys
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import torch
 import trimesh
 import yaml
 from conftest import gltf_validator
@@ -111,6 +112,51 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, tiny_sd_dir):
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.allclose(wa[k], wb[k], atol=1e-6), k
+
+
+class Killed(Exception):
+    """Stands for a SIGKILL between two stages: the process ends with nothing cleaned up."""
+
+
+def test_prolificdreamer_resumed_at_each_stage_boundary_matches_uninterrupted(tmp_path, tiny_sd_dir):
+    """VSD's LoRA and camera hook live on the shared prior only during their stage: a run killed
+    after any stage and resumed ends with the very tensors of an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    from dream3d import pipeline, presets
+
+    def cfg():
+        return presets.resolve("prolificdreamer", {"prompt": "a red cube", "model": str(tiny_sd_dir), "device": "cpu",
+                                                   "prior_resolution": 64}, [
+            "export.mesh=false", "export.video=false", "train.preview_every=0", "train.ckpt_every=0",
+            "stages.0.train.steps=3", "stages.1.train.steps=2", "stages.2.train.steps=2", "train.resolution=32",
+            "stages.0.representation.samples_per_ray=16", "stages.1.train.resolution=32", "stages.2.train.resolution=32",
+            "stages.1.representation.grid_resolution=16", "stages.2.representation.grid_resolution=16"])
+
+    def final_tensors(run):
+        out = {}
+        for ckpt in sorted((run / "ckpt").iterdir()):
+            latest = json.loads((ckpt / "latest.json").read_text())
+            out.update({f"{ckpt.name}/{k}": v for k, v in load_file(ckpt / latest["weights"]).items()})
+        return out
+
+    reference = final_tensors(pipeline.generate(cfg(), tmp_path / "full"))
+    assert any(".vsd." in k for k in reference) and any(k.startswith("texture/") for k in reference)
+    names = [s.name for s in cfg().stages]
+    for boundary in names[1:]:
+        def kill(run_dir, trainer, boundary=boundary):
+            if trainer.stage.name == boundary:
+                raise Killed
+
+        with pytest.raises(Killed):
+            pipeline.generate(cfg(), tmp_path / boundary, on_start=kill)
+        run = only_run(tmp_path / boundary)
+        assert not (run / "ckpt" / boundary).exists()
+        pipeline.generate(None, tmp_path / boundary, resume=run)
+        resumed = final_tensors(run)
+        assert resumed.keys() == reference.keys()
+        for k in reference:
+            assert torch.equal(resumed[k], reference[k]), f"resumed after '{boundary}': {k} differs"
 
 
 @pytest.mark.parametrize("args, message", [

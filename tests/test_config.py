@@ -16,7 +16,8 @@ def test_precedence_preset_flags_set():
 def test_set_reads_exponent_numbers_and_naming_the_presets_guidance_keeps_its_options():
     cfg = presets.resolve("fast", {"prompt": "a red cube"}, ["train.lr.sdf=5e-3", "train.lr.mlp=2E-4"])
     assert cfg.stages[0].train.lr["sdf"] == 0.005 and cfg.stages[0].train.lr["mlp"] == 0.0002
-    assert cfg.stages[0].train.lr["encoding"] == config.TrainConfig().lr["encoding"]  # the rest of the table stays
+    rates = config.stage_learning_rates(cfg.stages[0])
+    assert rates["sdf"] == 0.005 and rates["encoding"] == 1e-2  # the rest of the component's table stays
     preset_scale = presets.resolve("gaussian", {"prompt": "x"}, []).guidance.options.guidance_scale
     named = presets.resolve("gaussian", presets.run_flags("x", guidance="sds"), [])
     assert named.guidance.options.guidance_scale == preset_scale != 100.0
@@ -65,7 +66,7 @@ def test_stages_inherit_defaults_and_steps_flag_is_the_total():
     coarse, fine = cfg.stages
     assert (coarse.train.steps, coarse.train.resolution) == (300, 32)
     assert (fine.train.steps, fine.train.resolution) == (100, 64)
-    assert fine.train.lr == {**config.TrainConfig().lr, "mlp": 0.1, "encoding": 0.2}
+    assert fine.train.lr == {"mlp": 0.1, "encoding": 0.2}
     assert fine.guidance.options.guidance_scale == 7.0 and fine.guidance.options.t_max == 0.5
     assert coarse.guidance.options.t_max != 0.5
 
@@ -101,3 +102,26 @@ def test_every_shipped_preset_resolves_and_chains():
         check_chain(cfg)
         assert presets.preset_description(name)
         assert all(s.train.steps > 0 for s in cfg.stages)
+
+
+def test_components_own_their_learning_rates_and_loss_weights():
+    """A stage's rates and weights come from its representation's (and guidance's) config; train.* overrides."""
+    cfg = presets.resolve("gaussian", {"prompt": "a red cube"}, ["train.lr.means=2e-3", "train.loss_weights.laplacian=0.5"])
+    splats, mesh = cfg.stages
+    assert config.stage_learning_rates(splats) == {"means": 2e-3, "scales": 5e-3, "rotations": 1e-3,
+                                                   "opacities": 5e-2, "colors": 1e-2}
+    assert config.stage_learning_rates(splats)["means"] == 2e-3 and config.stage_learning_rates(mesh)["sdf"] == 1e-3
+    assert config.stage_loss_weights(splats) == {"opacity": 1e-3, "laplacian": 0.5}
+    assert config.stage_loss_weights(mesh) == {"normal_consistency": 0.1, "laplacian": 0.5}
+    vsd = presets.resolve("prolificdreamer", {"prompt": "a red cube"}, [])
+    assert all(config.stage_learning_rates(s)["lora"] == 1e-4 for s in vsd.stages if s.guidance.name == "vsd")
+    # a stage-level override of the component's own table
+    own = presets.resolve("fast", {"prompt": "x"}, ["representation.lr.mlp=7e-4"])
+    assert config.stage_learning_rates(own.stages[0])["mlp"] == 7e-4
+
+
+def test_unknown_learning_rate_or_loss_name_is_refused():
+    with pytest.raises(UserError, match="train.lr.bogus: no component has a parameter group 'bogus'"):
+        presets.resolve(None, {"prompt": "x"}, ["train.lr.bogus=1"])
+    with pytest.raises(UserError, match="train.loss_weights.smooth: no component has a regulariser 'smooth'"):
+        presets.resolve(None, {"prompt": "x"}, ["train.loss_weights.smooth=1"])

@@ -247,7 +247,6 @@ def test_view_suffixes_follow_camera_angles(tiny_sd_prior):
     cams = cams_at([0.0, 90.0, 180.0, -100.0, 30.0], [0.0, 0.0, 10.0, -5.0, 70.0])
     prompt = PromptProcessor(prior, "a red cube", negative_prompt="ugly")
     views = ["front", "side", "back", "side", "overhead"]
-    assert prompt.prompts_for(cams) == [f"a red cube, {v} view" for v in views]
     cond, uncond = prompt(cams)
     assert cond.shape == uncond.shape == (5, 77, 32)
     torch.testing.assert_close(cond, prior.embed([f"a red cube, {v} view" for v in views]))

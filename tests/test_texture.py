@@ -330,14 +330,14 @@ def test_textured_mesh_reloads_with_its_texture(tmp_path, baked, fmt):
 
 # ------------------------------------------------------------------ export_representation
 class AnalyticSphere(Representation):
-    """A ray-traced sphere coloured by `field`, with an icosphere mesh and `query_albedo`."""
+    """A ray-traced sphere coloured by `field`, with an icosphere mesh and an albedo field."""
 
     def __init__(self, radius: float = 0.6, fail_albedo: bool = False):
         super().__init__()
         self.register_buffer("radius", torch.tensor(radius))
         self.fail_albedo = fail_albedo
 
-    def query_albedo(self, points: torch.Tensor) -> torch.Tensor:
+    def albedo(self, points: torch.Tensor) -> torch.Tensor:
         if self.fail_albedo:
             raise RuntimeError("albedo network exploded")
         return field_torch(points)
@@ -377,7 +377,7 @@ def test_export_writes_textured_glb_obj_and_vertex_coloured_ply(tmp_path, recwar
     assert Image.open(files["png"]).size == (64, 64)
     geom = _textured_geometry(files["glb"])
     assert _texture_image(geom).shape == (64, 64, 3)
-    # The texture (baked through query_albedo, slightly inside the surface) shows the field.
+    # The texture (baked through the albedo field, slightly inside the surface) shows the field.
     colours = sample_texture(np.asarray(geom.visual.uv, np.float64), _texture_image(geom))
     unit = np.asarray(geom.vertices) / np.linalg.norm(geom.vertices, axis=1, keepdims=True)
     assert np.abs(colours - field(0.6 * unit)).mean() < 0.02

@@ -29,7 +29,6 @@ RENDER_BATCH = 4  # views per render call: bounds memory at video resolution
 COLOUR_CHECK_VIEWS = 4  # turntable views used to compare mesh colours with the renders
 COLOUR_MISMATCH = 0.12  # mean-luminance gap between mesh and albedo renders that earns a warning
 VIDEO_PANELS = ("rgb", "normal", "depth")
-BAKE_INSET = 0.01  # texels sample the albedo this fraction of the mesh's bounding-box diagonal inside the surface
 TEXTURE_PADDING = 8  # texels grown around every UV chart so seams do not bleed
 
 
@@ -100,24 +99,13 @@ def albedo_render_luminance(rep: Representation, camera_cfg: CameraConfig, resol
     return float(_luminance(rgb.double().numpy()[covered]).mean())
 
 
-def mesh_colour_gap(mesh: Mesh, rep: Representation, camera_cfg: CameraConfig, resolution: int, background: float) -> float | None:
-    """Mean luminance of the mesh's vertex colours (area-weighted) minus that of the unlit
-    (albedo) renders over covered pixels; None when either has nothing to compare."""
-    mesh_lum = mesh_luminance(mesh)
-    if mesh_lum is None:
-        return None
-    render_lum = albedo_render_luminance(rep, camera_cfg, resolution, background)
-    return None if render_lum is None else mesh_lum - render_lum
-
-
 def _albedo_source(rep: Representation, mesh: Mesh) -> tuple[AlbedoFn | None, float]:
-    """The representation's `query_albedo` (points [N, 3] -> [N, 3]) and how far inside
-    the surface to sample it; (None, 0) bakes the mesh's vertex colours instead."""
-    query = getattr(rep, "query_albedo", None)
-    if not callable(query):
+    """The representation's albedo field (points [N, 3] -> [N, 3]) and how far inside the
+    surface to sample it; (None, 0) bakes the mesh's vertex colours instead (no field)."""
+    if not rep.has("albedo"):
         return None, 0.0
     v = mesh.vertices.double()
-    return query, BAKE_INSET * float((v.max(0).values - v.min(0).values).norm())
+    return rep.albedo, rep.albedo_inset * float((v.max(0).values - v.min(0).values).norm())
 
 
 def _texture_mesh(rep: Representation, mesh: Mesh, texture_size: int) -> Mesh:
@@ -174,7 +162,7 @@ def _export_mesh(rep, out_dir, formats, mesh_resolution, decimate_faces, camera_
             texture_lum = mesh_luminance(Mesh(textured.vertices, textured.faces, torch.from_numpy(seen).float()))
             if render_lum is None:
                 render_lum = albedo_render_luminance(rep, camera_cfg, check_resolution, background)
-            _warn_colour_gap(texture_lum, render_lum, "texture", "query_albedo")
+            _warn_colour_gap(texture_lum, render_lum, "texture", "albedo")
 
     written: dict[str, Path] = {}
     for fmt in formats:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from dream3d.guidance.base import Guidance
 from dream3d.guidance import common
 from dream3d.guidance.prompt import PromptProcessor
 from dream3d.guidance.timesteps import TimestepConfig, build_timesteps
@@ -47,15 +48,12 @@ class CFDConfig:
     """The noise source: the surface-attached consistent-flow field by default."""
 
 
-class CFDGuidance:
+class CFDGuidance(Guidance):
     def __init__(self, prior: DiffusionPrior, cfg: CFDConfig | None = None, timesteps=None, noise_source=None):
         self.prior, self.cfg = prior, cfg or CFDConfig()
         self.timesteps = timesteps or build_timesteps(self.cfg.timesteps, prior.num_train_timesteps)
         self.noise_source = noise_source or build_noise_source(self.cfg.noise)
         self.alphas_cumprod = prior.alphas_cumprod
-
-    def param_groups(self) -> dict:
-        return {}
 
     def modules(self) -> dict:
         return {"cfd_noise": self.noise_source}  # the noise field is part of the run's state

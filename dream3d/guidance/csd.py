@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from dream3d.errors import UserError
+from dream3d.guidance.base import Guidance
 from dream3d.guidance import common
 from dream3d.guidance.prompt import PromptProcessor
 from dream3d.guidance.sds import SDSConfig, SDSGuidance
@@ -77,7 +78,7 @@ class WithoutCamera:
         return self._prior.predict_eps(x_t, t, embeds, camera=None)
 
 
-class CSDGuidance:
+class CSDGuidance(Guidance):
     def __init__(self, prior: DiffusionPrior, cfg: CSDConfig | None = None,
                  multiview_prior: DiffusionPrior | None = None, timesteps=None, noise_source=None):
         self.cfg = c = cfg or CSDConfig()
@@ -102,7 +103,10 @@ class CSDGuidance:
         return self.two_d.param_groups()
 
     def modules(self) -> dict:
-        return {**getattr(self.two_d, "modules", dict)(), "csd_noise": self.noise_source}
+        return {**self.two_d.modules(), "csd_noise": self.noise_source}
+
+    def close(self) -> None:
+        self.two_d.close()
 
     def _mv_prompt(self, prompt: PromptProcessor) -> PromptProcessor:
         """The prompt embedded by the multi-view prior (its own text encoder when it is another model)."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from dream3d.guidance.base import Guidance
 from dream3d.guidance import common
 from dream3d.guidance.prompt import PromptProcessor
 from dream3d.guidance.timesteps import TimestepConfig, build_timesteps
@@ -46,7 +47,7 @@ class ClassifierScoreConfig:
     """The noise source."""
 
 
-class ClassifierScoreGuidance:
+class ClassifierScoreGuidance(Guidance):
     def __init__(self, prior: DiffusionPrior, cfg: ClassifierScoreConfig | None = None, timesteps=None,
                  noise_source=None):
         self.prior, self.cfg = prior, cfg or ClassifierScoreConfig()
@@ -54,9 +55,6 @@ class ClassifierScoreGuidance:
         self.noise_source = noise_source or build_noise_source(self.cfg.noise)
         self.alphas_cumprod = prior.alphas_cumprod
         self.null = prior.embed([""])[0]  # [L, D]
-
-    def param_groups(self) -> dict:
-        return {}
 
     def modules(self) -> dict:
         return {"csd_noise": self.noise_source}

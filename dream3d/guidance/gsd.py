@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dream3d.guidance.base import Guidance
 from dream3d.guidance import common
 from dream3d.guidance.prompt import PromptProcessor
 from dream3d.guidance.timesteps import TimestepConfig, build_timesteps
@@ -96,7 +97,7 @@ def reproject(values: Tensor, out: RenderOutput, cams: Cameras, i: Tensor, j: Te
     return warped, valid.view(len(i), h, w)
 
 
-class GSDGuidance:
+class GSDGuidance(Guidance):
     def __init__(self, prior: DiffusionPrior, cfg: GSDConfig | None = None, timesteps=None, noise_source=None):
         self.prior, self.cfg = prior, cfg or GSDConfig()
         if self.cfg.views < 1:
@@ -105,9 +106,6 @@ class GSDGuidance:
         self.timesteps = timesteps or build_timesteps(self.cfg.timesteps, prior.num_train_timesteps)
         self.noise_source = noise_source or build_noise_source(self.cfg.noise)
         self.alphas_cumprod = prior.alphas_cumprod
-
-    def param_groups(self) -> dict:
-        return {}
 
     def modules(self) -> dict:
         return {"gsd_noise": self.noise_source}

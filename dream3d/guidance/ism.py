@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from dream3d.guidance.base import Guidance
 from dream3d.guidance import common
 from dream3d.guidance.prompt import PromptProcessor
 from dream3d.guidance.timesteps import TimestepConfig, build_timesteps
@@ -43,15 +44,12 @@ class ISMConfig:
     """The t schedule."""
 
 
-class ISMGuidance:
+class ISMGuidance(Guidance):
     def __init__(self, prior: DiffusionPrior, cfg: ISMConfig | None = None, timesteps=None):
         self.prior, self.cfg = prior, cfg or ISMConfig()
         self.timesteps = timesteps or build_timesteps(self.cfg.timesteps, prior.num_train_timesteps)
         self.alphas_cumprod = prior.alphas_cumprod
         self.null = prior.embed([""])[0]  # [L, D]
-
-    def param_groups(self) -> dict:
-        return {}
 
     def _ddim(self, x: Tensor, eps: Tensor, t_from: Tensor, t_to: Tensor) -> Tensor:
         """One deterministic DDIM step of x [B, C, h, w] with prediction eps from t_from to t_to ([B] each)."""

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from dream3d.guidance import common
+from dream3d.guidance.base import Guidance
 from dream3d.guidance.prompt import PromptProcessor
 from dream3d.guidance.timesteps import TimestepConfig, build_timesteps
 from dream3d.noise import NoiseConfig, build_noise_source
@@ -64,7 +65,7 @@ class SDSConfig:
             self.timesteps = dataclasses.replace(self.timesteps, **given)
 
 
-class SDSGuidance:
+class SDSGuidance(Guidance):
     """The negative prompt (CFG's unconditional branch) and view-dependent suffixes live in the
     `PromptProcessor` passed to each call, shared by every guidance of a run."""
 

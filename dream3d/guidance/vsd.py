@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from dream3d.errors import UserError
 from dream3d.guidance import common
+from dream3d.guidance.base import Guidance
 from dream3d.guidance.prompt import PromptProcessor
 from dream3d.guidance.timesteps import TimestepConfig, build_timesteps
 from dream3d.noise import NoiseConfig, build_noise_source
@@ -65,6 +66,8 @@ class VSDConfig:
     """The t schedule of the VSD term."""
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     """The noise source of the VSD term."""
+    lr: dict[str, float] = field(default_factory=lambda: {"lora": 1e-4})
+    """Adam learning rate of the LoRA and camera embedding ('lora')."""
 
 
 def denoiser_unet(prior: DiffusionPrior):
@@ -99,7 +102,7 @@ class VSDState(nn.Module):
         self.lora = nn.ParameterDict({name.replace(".", "__"): p for name, p in lora.items()})
 
 
-class VSDGuidance:
+class VSDGuidance(Guidance):
     def __init__(self, prior: DiffusionPrior, cfg: VSDConfig | None = None, timesteps=None, noise_source=None):
         self.prior, self.cfg = prior, cfg or VSDConfig()
         self.unet = denoiser_unet(prior)
@@ -115,23 +118,24 @@ class VSDGuidance:
         self.camera = CameraEmbedding(dim).to(prior.device)
         self.state = VSDState(self.camera, lora)
         self._pose: Tensor | None = None  # camera features fed to the time-embedding hook while active
-        self.unet.time_embedding.register_forward_hook(self._add_camera)
+        self._hook = self.unet.time_embedding.register_forward_hook(self._add_camera)
 
     def _add_lora(self) -> dict[str, nn.Parameter]:
-        """Add (or reuse, when another VSD stage already did) the adapters; float32 so Adam works
-        under fp16 weights. Returned by name; left disabled."""
-        if ADAPTER not in (getattr(self.unet, "peft_config", None) or {}):
-            try:
-                from peft import LoraConfig
-            except ImportError:
-                raise UserError("vsd needs the 'peft' package (pip install peft)") from None
-            c = self.cfg
-            try:
-                self.unet.add_adapter(LoraConfig(r=c.lora_rank, lora_alpha=c.lora_alpha, init_lora_weights=True,
-                                                 target_modules=list(c.lora_targets)), adapter_name=ADAPTER)
-            except ValueError as e:
-                first = str(e).splitlines()[0] if str(e) else type(e).__name__
-                raise UserError(f"vsd could not add LoRA adapters to {self.prior.name}'s UNet: {first}") from None
+        """Add fresh adapters (float32 so Adam works under fp16 weights), returned by name and
+        left disabled. Each stage's VSD has its own: `close` removes them as the stage ends."""
+        if ADAPTER in (getattr(self.unet, "peft_config", None) or {}):
+            raise RuntimeError("the prior's UNet still holds another VSD stage's adapters (its guidance was not closed)")
+        try:
+            from peft import LoraConfig
+        except ImportError:
+            raise UserError("vsd needs the 'peft' package (pip install peft)") from None
+        c = self.cfg
+        try:
+            self.unet.add_adapter(LoraConfig(r=c.lora_rank, lora_alpha=c.lora_alpha, init_lora_weights=True,
+                                             target_modules=list(c.lora_targets)), adapter_name=ADAPTER)
+        except ValueError as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UserError(f"vsd could not add LoRA adapters to {self.prior.name}'s UNet: {first}") from None
         lora = {n: p for n, p in self.unet.named_parameters() if f".{ADAPTER}." in n}
         self.unet.disable_adapters()
         for p in lora.values():
@@ -161,6 +165,14 @@ class VSDGuidance:
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"lora": list(self.state.parameters())}
+
+    def close(self) -> None:
+        """Take the camera hook and the adapters off the shared UNet: the pretrained prior is left as it was."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        if ADAPTER in (getattr(self.unet, "peft_config", None) or {}):
+            self.unet.delete_adapters(ADAPTER)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"vsd": self.state, "vsd_noise": self.noise_source}

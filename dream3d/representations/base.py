@@ -1,12 +1,29 @@
-"""What every 3D representation provides to the trainer and the exporters."""
+"""What every 3D representation provides to the trainer and the exporters.
+
+Required: `render`, `param_groups`, `extract_mesh`; the representation's config dataclass
+carries `lr` (a learning rate per parameter group) and `loss_weights` (a weight per term
+its renders report in `RenderOutput.extras`; an unnamed term stops the run). Optional capabilities are methods
+declared here with a documented default; a representation has one when it overrides
+the method, which `has(...)` reports. Callers ask `has`, never `hasattr`, so a
+misspelt override is caught by the registry test rather than silently skipped.
+"""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import ClassVar
 from torch import Tensor, nn
 
 from dream3d.types import Cameras, Mesh, RenderOutput
 
+CAPABILITIES = ("albedo", "save_splats")
+
 
 class Representation(nn.Module):
+    albedo_inset: ClassVar[float] = 0.0
+    """How far inside its extracted surface the albedo field is read when a texture is baked, as
+    a fraction of the mesh's bounding-box diagonal: 0 for an explicit surface, whose field is
+    trained on the surface itself; a volume's isosurface lies in its fuzzy edge."""
+
     def render(self, cams: Cameras, background: Tensor, shading: str = "diffuse", light_dir: Tensor | None = None) -> RenderOutput:
         """Render every camera. background [B, 3] solid colours in [0, 1]; shading is
         "diffuse" (albedo x (ambient + diffuse)), "albedo" (unlit) or "textureless"
@@ -24,3 +41,20 @@ class Representation(nn.Module):
     def extract_mesh(self, resolution: int) -> Mesh:
         """A coloured triangle mesh of the surface."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------ optional capabilities
+    def albedo(self, points: Tensor) -> Tensor:
+        """Optional: an albedo field, [N, 3] in [0, 1] at world points [N, 3]. With it the
+        exporter bakes textures from the field itself; without it, from the mesh's vertex colours."""
+        raise NotImplementedError(f"{type(self).__name__} has no albedo field")
+
+    def save_splats(self, path: Path) -> Path:
+        """Optional: write the representation as a standard 3DGS PLY for splat viewers; returns the path."""
+        raise NotImplementedError(f"{type(self).__name__} has no splats to save")
+
+    @classmethod
+    def has(cls, capability: str) -> bool:
+        """True when this representation provides the optional `capability` (one of CAPABILITIES)."""
+        if capability not in CAPABILITIES:
+            raise ValueError(f"unknown capability {capability!r}; expected one of {', '.join(CAPABILITIES)}")
+        return getattr(cls, capability) is not getattr(Representation, capability)

@@ -37,26 +37,35 @@ def _nerf_to_gaussians(previous, new, resolution: int = 64) -> None:
     pick = torch.randint(len(inside), (new.cfg.n_init,), generator=gen)
     cell = 2 * r / (resolution - 1)
     points = inside[pick] + (torch.rand(len(pick), 3, generator=gen) - 0.5) * cell
-    colours = previous.query_albedo(points.to(device))
+    colours = previous.albedo(points.to(device))
     new.initialize(points.to(device), colours)
 
 
-@torch.no_grad()
 def _gaussians_to_dmtet(previous, new, resolution: int = 96) -> None:
-    """The Gaussians' density isosurface (as in their mesh export) becomes the tet grid's zero level."""
-    density, _ = previous.density_grid(resolution)
+    """The Gaussians' density isosurface (as in their mesh export) becomes the tet grid's zero
+    level, and the texture field is fitted to their colours there (density-weighted, as in
+    their mesh export), so a texture stage starts from the Gaussians' look."""
+    with torch.no_grad():
+        density, weighted = previous.density_grid(resolution)
     peak = float(density.max())
     if not peak > 1e-6:
         raise UserError("the previous Gaussian stage is empty: nothing to build a mesh from")
     level = previous.cfg.mesh_threshold if peak > previous.cfg.mesh_threshold else 0.5 * peak
     bound = previous.cfg.mesh_bound
-    volume = density[None, None].float()  # [1, 1, x, y, z]
+    fields = torch.cat([density[..., None], weighted], -1).permute(3, 0, 1, 2)[None].float()  # [1, 4, x, y, z]
 
-    def lookup(points: torch.Tensor) -> torch.Tensor:  # grid_sample indexes (W, H, D) with (x, y, z) -> pass (z, y, x)
-        g = (points / bound).flip(-1).view(1, -1, 1, 1, 3).to(volume)
-        return F.grid_sample(volume, g, align_corners=True, padding_mode="zeros").view(-1)
+    def lookup(points: torch.Tensor) -> torch.Tensor:
+        """[N, 4] density and density x colour, trilinear; grid_sample indexes (W, H, D) with (x, y, z) -> pass (z, y, x)."""
+        g = (points / bound).flip(-1).view(1, -1, 1, 1, 3).to(fields)
+        return F.grid_sample(fields, g, align_corners=True, padding_mode="zeros").view(4, -1).t()
 
-    new.init_from_density(lookup, level)
+    def colour(points: torch.Tensor) -> torch.Tensor:
+        d = lookup(points)
+        return (d[:, 1:] / d[:, :1].clamp(min=1e-12)).clamp(0.0, 1.0)
+
+    with torch.no_grad():
+        new.init_from_density(lambda p: lookup(p)[:, 0], level)
+    new.init_texture_from_colours(colour)
 
 
 # (from, to) -> how; a stage with `init: previous` chains only along these.

@@ -16,7 +16,7 @@ generator's state), so checkpoints carry it and a resumed run is exact.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -88,6 +88,11 @@ class GaussianConfig:
     """Half side of the cube searched for the exported isosurface."""
     mesh_threshold: float = 0.5
     """Summed Gaussian density of the exported isosurface (lowered to half the peak when nothing reaches it)."""
+    lr: dict[str, float] = field(default_factory=lambda: {
+        "means": 1e-3, "scales": 5e-3, "rotations": 1e-3, "opacities": 5e-2, "colors": 1e-2})
+    """Adam learning rate per parameter group."""
+    loss_weights: dict[str, float] = field(default_factory=lambda: {"opacity": 1e-3})
+    """Weight of each regulariser in extras (opacity sparsity)."""
 
 
 def nearest_neighbour_scale(points: Tensor, k: int = 3) -> Tensor:
@@ -267,22 +272,9 @@ class Gaussians(Representation):
         return gaussian_ply.SplatArrays(t(self.means), t(self.log_scales), t(F.normalize(self.quats, dim=-1)),
                                         t(self.opacity_logits), t(self.sh0[:, 0]), t(self.sh_rest))
 
-    def save_ply(self, path: Path) -> Path:
+    def save_splats(self, path: Path) -> Path:
         """Write the standard 3DGS PLY that splat viewers open."""
         return gaussian_ply.write_ply(path, self.to_splat_arrays())
-
-    @torch.no_grad()
-    def load_ply(self, path: Path) -> None:
-        """Replace every Gaussian by those of a 3DGS PLY file (SH bands beyond sh_degree are dropped)."""
-        s = gaussian_ply.read_ply(path)
-        n_rest = self.sh_rest.shape[1]
-        rest = np.zeros((len(s), n_rest, 3), np.float32)
-        rest[:, : min(n_rest, s.sh_rest.shape[1])] = s.sh_rest[:, :n_rest]
-        values = [s.means, s.log_scales, s.quats, s.opacity_logits, s.sh_dc[:, None, :], rest]
-        for name, v in zip(PARAMS, values):
-            p = getattr(self, name)
-            p.data = torch.from_numpy(np.ascontiguousarray(v)).to(p.device, p.dtype)
-        self.reset_stats()
 
     # ------------------------------------------------------------ export
     @torch.no_grad()

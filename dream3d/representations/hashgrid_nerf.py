@@ -17,7 +17,7 @@ a density-only pre-pass drops samples behind opaque surfaces while that pays.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import nerfacc
@@ -87,6 +87,10 @@ class NeRFConfig:
     """The CPU early stop needs a density-only pre-pass: auto runs it while it drops over a quarter of the samples."""
     mesh_threshold: float = 2.0
     """Density of the exported isosurface (halfway between the field's extremes when nothing reaches it)."""
+    lr: dict[str, float] = field(default_factory=lambda: {"encoding": 1e-2, "mlp": 1e-3})
+    """Adam learning rate per parameter group: the hash table ('encoding') and both MLPs ('mlp')."""
+    loss_weights: dict[str, float] = field(default_factory=lambda: {"orient": 1e-2, "opacity": 1e-3})
+    """Weight of each regulariser in extras: normals facing away from the camera, opacity sparsity."""
 
 
 class ColumnMLP(nn.Module):
@@ -117,6 +121,8 @@ class ColumnMLP(nn.Module):
 
 
 class HashGridNeRF(Representation):
+    albedo_inset = 0.01  # the isosurface at mesh_threshold is the fuzzy edge; its albedo reads darker there
+
     def __init__(self, cfg: NeRFConfig | None = None):
         super().__init__()
         self.cfg = cfg = cfg or NeRFConfig()
@@ -185,7 +191,7 @@ class HashGridNeRF(Representation):
         out = [volume.activate_density(self._density_logit(p.t().contiguous()), act) for p in points.split(CHUNK)]
         return torch.cat(out) if out else points.new_zeros(0)
 
-    def query_albedo(self, points: Tensor) -> Tensor:
+    def albedo(self, points: Tensor) -> Tensor:
         """Albedo [N, 3] in [0, 1] at world points [N, 3]."""
         out = []
         for p in points.split(CHUNK):
@@ -362,7 +368,7 @@ class HashGridNeRF(Representation):
             te = ts + step
             p = (v[:, None] - n[:, None] * (ts + 0.5 * step)[..., None]).reshape(-1, 3)
             sigma = self.query_density(p).view(-1, n_steps)
-            albedo = self.query_albedo(p).view(-1, n_steps, 3)
+            albedo = self.albedo(p).view(-1, n_steps, 3)
             w, _, _ = nerfacc.render_weight_from_density(ts, te, sigma)
             total = w.sum(-1, keepdim=True)
             mixed = (w[..., None] * albedo).sum(1) / total.clamp(min=1e-8)

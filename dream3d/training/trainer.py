@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from dream3d.cameras import sample_orbit, turntable
+from dream3d import config as config_mod
 from dream3d.config import RunConfig, StageConfig
 from dream3d.guidance.view_groups import expand_cameras
 from dream3d.errors import UserError
@@ -52,15 +53,17 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + stage_index)
         groups = {**rep.param_groups(), **guidance.param_groups()}
         groups = {name: ps for name, ps in groups.items() if ps}
-        missing = [g for g in groups if g not in self.train.lr]
+        rates = config_mod.stage_learning_rates(stage)
+        missing = [g for g in groups if g not in rates]
         if missing:
-            raise UserError(f"stage '{stage.name}': train.lr has no learning rate for parameter group "
+            raise UserError(f"stage '{stage.name}': no learning rate for parameter group "
                             f"'{missing[0]}'; set it with --set train.lr.{missing[0]}=...")
+        self.loss_weights = config_mod.stage_loss_weights(stage)
         self.optimizer = torch.optim.Adam(
-            [{"params": ps, "lr": self.train.lr[name], "name": name} for name, ps in groups.items()],
+            [{"params": ps, "lr": rates[name], "name": name} for name, ps in groups.items()],
             betas=(0.9, 0.99), eps=1e-15,
         )
-        self.modules = {"representation": rep, **getattr(guidance, "modules", lambda: {})()}
+        self.modules = {"representation": rep, **guidance.modules()}
         self.ckpt_dir = run_dir / "ckpt" / stage.name
         self.start_step = 0
         self.nan_streak = 0
@@ -93,7 +96,7 @@ class Trainer:
         tc = self.train
         progress = step / tc.steps
         cams = sample_orbit(self.cfg.camera, tc.batch_size, tc.resolution, tc.resolution, self.gen)
-        group = getattr(self.guidance, "view_group", None)  # CSD / GSD score several related views at once
+        group = self.guidance.view_group  # CSD / GSD score several related views at once
         per_group = 1
         if group is not None:
             cams, per_group = expand_cameras(cams, group), group.size
@@ -106,7 +109,10 @@ class Trainer:
         g = self.guidance(out, cams, self.prompt, progress, generator=self.gen)
         loss = g.loss
         for name, term in out.extras.items():
-            weight = tc.loss_weights.get(name, 0.0)
+            if name not in self.loss_weights:  # a renamed term must not silently switch a regulariser off
+                raise KeyError(f"{type(self.rep).__name__} reports the loss term '{name}', which its config's "
+                               f"loss_weights do not name ({', '.join(sorted(self.loss_weights)) or 'none'})")
+            weight = self.loss_weights[name]
             if weight > 0:
                 loss = loss + weight * term
         self.optimizer.zero_grad(set_to_none=True)

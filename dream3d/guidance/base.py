@@ -1,0 +1,29 @@
+"""What the trainer asks of every score-distillation rule, with the defaults most rules keep."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from dream3d.guidance.view_groups import ViewGroup
+from dream3d.types import Cameras, GuidanceOutput, RenderOutput
+
+
+class Guidance:
+    view_group: ViewGroup | None = None
+    """Set by rules that score several related views at once (CSD, GSD): the trainer renders groups."""
+
+    def __call__(self, out: RenderOutput, cams: Cameras, prompt, progress: float,
+                 noise: Tensor | None = None, generator: torch.Generator | None = None) -> GuidanceOutput:
+        """The loss whose gradient in `out` is the rule's update; `progress` in [0, 1]."""
+        raise NotImplementedError
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by group (VSD's LoRA); their learning rates come from the config's `lr`."""
+        return {}
+
+    def modules(self) -> dict[str, nn.Module]:
+        """State that belongs to the stage's checkpoint (LoRA, noise fields), by name."""
+        return {}
+
+    def close(self) -> None:
+        """Remove whatever the rule installed on the shared prior (adapters, hooks); called as its stage ends."""
