@@ -66,7 +66,7 @@ def generate(
 
     def on_start(run_dir, trainer):
         console.print(f"run folder: [bold]{run_dir}[/]")
-        ignored = getattr(trainer.prompt, "ignored_words", [])
+        ignored = trainer.prompt.ignored_words
         if ignored:
             console.print(f"[yellow]warning[/]: the prior does not know and ignores: {', '.join(ignored)}")
         task["id"] = progress.add_task(trainer.stage.name, total=trainer.train.steps, completed=trainer.start_step,
@@ -108,16 +108,10 @@ def export(
     from dream3d import pipeline
 
     formats = list(format) if format else None
-    for f in formats or []:
-        if f not in ("glb", "obj", "ply"):
-            raise UserError(f"unknown format '{f}'; choose from glb, obj, ply")
     if resolution is not None and resolution < 8:
         raise UserError(f"--resolution must be at least 8, got {resolution}")
     if texture is not None and 0 < texture < 16:
         raise UserError(f"--texture must be 0 or at least 16, got {texture}")
-    for panel in panels or []:
-        if panel not in ("rgb", "normal", "depth"):
-            raise UserError(f"unknown panel '{panel}'; choose from rgb, normal, depth")
     files = pipeline.export_run(run_dir, mesh=mesh, video=video, formats=formats, mesh_resolution=resolution,
                                 texture_size=texture, video_panels=list(panels) if panels else None,
                                 decimate_faces=decimate)

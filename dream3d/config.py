@@ -18,6 +18,7 @@ import yaml
 from dream3d.cameras.orbit import CameraConfig
 from dream3d.errors import UserError
 from dream3d import registry
+from dream3d.types import MESH_FORMATS, VIDEO_PANELS, MeshFormat, VideoPanel
 
 
 @dataclass
@@ -57,7 +58,7 @@ class ExportConfig:
     """Export a mesh at the end of the run."""
     video: bool = True
     """Export a turntable video at the end of the run."""
-    formats: list[str] = field(default_factory=lambda: ["glb", "obj", "ply"])
+    formats: list[MeshFormat] = field(default_factory=lambda: list(MESH_FORMATS))
     """Mesh formats to write: glb, obj, ply."""
     mesh_resolution: int = 128
     """Grid resolution of the isosurface extraction."""
@@ -68,7 +69,7 @@ class ExportConfig:
     """Side of the baked albedo texture (xatlas UVs); 0 = vertex colours only."""
     video_resolution: int = 128
     """Side of the turntable video frames in pixels."""
-    video_panels: list[str] = field(default_factory=lambda: ["rgb", "normal"])
+    video_panels: list[VideoPanel] = field(default_factory=lambda: ["rgb", "normal"])
     """Turntable panels side by side: any of rgb, normal, depth."""
     video_frames: int = 60
     """Frames in the turntable video."""
@@ -77,15 +78,26 @@ class ExportConfig:
 
 
 @dataclass
+class Component:
+    """A resolved choice of a registered component with its typed options."""
+
+    name: str
+    options: Any  # the component's config dataclass
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, **to_dict(self.options)}
+
+
+@dataclass
 class StageConfig:
     name: str = "main"
     """Stage name; its checkpoints go to ckpt/<name>/ and its previews to previews/<name>-step-N.png."""
     init: Literal["fresh", "previous"] = "fresh"
     """fresh: a generic initialisation; previous: convert the previous stage's result."""
-    representation: Any = None
-    """The stage's 3D representation: {name: ..., options} (default: the run's)."""
-    guidance: Any = None
-    """The stage's guidance: {name: ..., options} (default: the run's)."""
+    representation: Component | None = None
+    """The stage's 3D representation: {name: ..., options} (default: the run's; always set once built)."""
+    guidance: Component | None = None
+    """The stage's guidance: {name: ..., options} (default: the run's; always set once built)."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """The stage's optimisation loop (fields not given come from the run's train section)."""
 
@@ -110,11 +122,11 @@ class RunConfig:
     """Let a Hugging Face id be downloaded when it is not in the local cache."""
     view_dependent: bool = True
     """Append ", front view" / ", side view" / ", back view" / ", overhead view" per camera."""
-    representation: Any = None
+    representation: Component | None = None
     """The default 3D representation of every stage: {name: ..., options}."""
-    guidance: Any = None
+    guidance: Component | None = None
     """The default score-distillation guidance of every stage: {name: ..., options}."""
-    stages: list[Any] = field(default_factory=list)
+    stages: list[StageConfig] = field(default_factory=list)
     """The stages run in order (resolved); a preset without stages runs one stage, 'main'."""
     camera: CameraConfig = field(default_factory=CameraConfig)
     """Training and turntable cameras."""
@@ -225,17 +237,6 @@ def to_dict(obj: Any) -> Any:
 
 # ---------------------------------------------------------------- components
 
-@dataclass
-class Component:
-    """A resolved choice of a registered component with its typed options."""
-
-    name: str
-    options: Any  # the component's config dataclass
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, **to_dict(self.options)}
-
-
 def own_table(options: Any, key: str) -> dict[str, float]:
     """The `key` table ("lr" or "loss_weights") a component's config declares, merged with those
     of the configs nested in it (CSD's VSD term); {} when it declares none."""
@@ -345,12 +346,8 @@ def validate(cfg: RunConfig) -> None:
             if unknown:
                 raise UserError(f"train.{key}.{unknown[0]}: no component has a {what} '{unknown[0]}'; "
                                 f"known: {', '.join(sorted(known))}")
-    bad = [f for f in cfg.export.formats if f not in ("glb", "obj", "ply")]
-    if bad:
-        raise UserError(f"export.formats: unknown format '{bad[0]}'; choose from glb, obj, ply")
-    bad = [f for f in cfg.export.video_panels if f not in ("rgb", "normal", "depth")]
-    if bad or not cfg.export.video_panels:
-        raise UserError(f"export.video_panels: choose one or more of rgb, normal, depth (got {cfg.export.video_panels})")
+    if not cfg.export.video_panels:
+        raise UserError(f"export.video_panels: choose one or more of {', '.join(VIDEO_PANELS)}")
     if 0 < cfg.export.texture_size < 16:
         raise UserError(f"export.texture_size must be 0 (vertex colours) or at least 16, got {cfg.export.texture_size}")
 

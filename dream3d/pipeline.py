@@ -40,8 +40,8 @@ def load_prior_for(cfg: RunConfig, device: torch.device):
         opts["allow_download"] = True
     prior = load_prior(cfg.model, device=device, **opts)
     ignored = prior.check_prompt(cfg.prompt, allow_unknown_words=cfg.allow_unknown_words)
-    prompt = PromptProcessor(prior, cfg.prompt, negative_prompt=cfg.negative_prompt, view_dependent=cfg.view_dependent)
-    prompt.ignored_words = ignored
+    prompt = PromptProcessor(prior, cfg.prompt, negative_prompt=cfg.negative_prompt, view_dependent=cfg.view_dependent,
+                             ignored_words=tuple(ignored or ()))
     prior.release_text_encoder()  # every text the run needs is embedded (IF's T5: about 9 GB)
     return prior, prompt
 

@@ -7,9 +7,15 @@ camera looking down -Z and +Y up (OpenGL / glTF). Images are channel-last
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor
+
+MESH_FORMATS = ("glb", "obj", "ply")  # the mesh files an export writes
+VIDEO_PANELS = ("rgb", "normal", "depth")  # the turntable's possible panels, side by side
+MeshFormat = Literal[MESH_FORMATS]  # the config checks values against these
+VideoPanel = Literal[VIDEO_PANELS]
 
 
 @dataclass

@@ -48,6 +48,21 @@ def render_both(params, cams: Cameras, tile_size: int):
     return out
 
 
+def assert_gradients_match(params, reference, renders, seed: int) -> None:
+    """The gradients in `params` of one random weighting of image and alpha agree between the
+    reference (img, alpha) and each of `renders` [(img, alpha, label)]."""
+    img_r, a_r = reference
+    g = torch.Generator().manual_seed(seed)
+    w_img = torch.randn(img_r.shape, generator=g, dtype=img_r.dtype)
+    w_a = torch.randn(a_r.shape, generator=g, dtype=a_r.dtype)
+    grads_r = torch.autograd.grad((img_r * w_img).sum() + (a_r * w_a).sum(), params, retain_graph=True)
+    for img, a, kind in renders:
+        grads = torch.autograd.grad((img * w_img).sum() + (a * w_a).sum(), params, retain_graph=True)
+        for name, gr, gt in zip(["means", "quats", "scales", "opacities", "features"], grads_r, grads):
+            assert gr.abs().max() > 0, name
+            torch.testing.assert_close(gt, gr, rtol=1e-7, atol=1e-9, msg=lambda m: f"{kind} {name}: {m}")
+
+
 @pytest.mark.parametrize("seed,tile_size", [(0, 4), (1, 8), (2, 3)])
 def test_tiles_match_dense_reference_values_and_gradients(seed, tile_size):
     params, cams = random_scene(120, seed)
@@ -56,14 +71,7 @@ def test_tiles_match_dense_reference_values_and_gradients(seed, tile_size):
     assert a_d.max() > 0.9 and (a_d == 0).any()  # the scene has opaque and empty pixels
     torch.testing.assert_close(img_t, img_d, rtol=1e-9, atol=1e-10)
     torch.testing.assert_close(a_t, a_d, rtol=1e-9, atol=1e-10)
-    g = torch.Generator().manual_seed(seed + 100)
-    w_img = torch.randn(img_d.shape, generator=g, dtype=img_d.dtype)
-    w_a = torch.randn(a_d.shape, generator=g, dtype=a_d.dtype)
-    grads_d = torch.autograd.grad((img_d * w_img).sum() + (a_d * w_a).sum(), params)
-    grads_t = torch.autograd.grad((img_t * w_img).sum() + (a_t * w_a).sum(), params)
-    for name, gd, gt in zip(["means", "quats", "scales", "opacities", "features"], grads_d, grads_t):
-        assert gd.abs().max() > 0, name
-        torch.testing.assert_close(gt, gd, rtol=1e-7, atol=1e-9, msg=lambda m: f"{name}: {m}")
+    assert_gradients_match(params, (img_d, a_d), [(img_t, a_t, "tiles")], seed + 100)
 
 
 def test_tiles_match_dense_reference_in_float32():
@@ -277,15 +285,7 @@ def test_cpu_rasterisers_stop_like_gsplat_values_and_gradients(scene, seed, tile
     for img, a, name in ((img_t, a_t, "tiles"), (img_d, a_d, "dense")):
         torch.testing.assert_close(img, img_r, rtol=1e-9, atol=1e-10, msg=lambda m: f"{name} image: {m}")
         torch.testing.assert_close(a, a_r, rtol=1e-9, atol=1e-10, msg=lambda m: f"{name} alpha: {m}")
-    g = torch.Generator().manual_seed(seed + 100)
-    w_img = torch.randn(img_r.shape, generator=g, dtype=img_r.dtype)
-    w_a = torch.randn(a_r.shape, generator=g, dtype=a_r.dtype)
-    grads_r = torch.autograd.grad((img_r * w_img).sum() + (a_r * w_a).sum(), params, retain_graph=True)
-    for img, a, kind in ((img_t, a_t, "tiles"), (img_d, a_d, "dense")):
-        grads = torch.autograd.grad((img * w_img).sum() + (a * w_a).sum(), params, retain_graph=True)
-        for name, gr, gt in zip(["means", "quats", "scales", "opacities", "features"], grads_r, grads):
-            assert gr.abs().max() > 0, name
-            torch.testing.assert_close(gt, gr, rtol=1e-7, atol=1e-9, msg=lambda m: f"{kind} {name}: {m}")
+    assert_gradients_match(params, (img_r, a_r), [(img_t, a_t, "tiles"), (img_d, a_d, "dense")], seed + 100)
 
 
 def test_cpu_rasteriser_stops_like_gsplat_in_float32():

@@ -25,9 +25,7 @@ from trimesh.exchange.obj import export_obj
 from trimesh.exchange.ply import export_ply
 
 from dream3d.atomic import write_bytes_atomic
-from dream3d.types import Mesh
-
-MESH_FORMATS = ("glb", "obj", "ply")
+from dream3d.types import MESH_FORMATS, Mesh
 
 _GL_ARRAY_BUFFER = 34962
 _GL_ELEMENT_ARRAY_BUFFER = 34963

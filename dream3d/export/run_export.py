@@ -19,16 +19,15 @@ import torch
 
 from dream3d.cameras import CameraConfig, turntable
 from dream3d.errors import UserError
-from dream3d.export.mesh import MESH_FORMATS, clean, decimate, sample_texture, write_mesh
+from dream3d.export.mesh import clean, decimate, sample_texture, write_mesh
 from dream3d.export.texture import AlbedoFn, bake_texture, unwrap
 from dream3d.export.video import depth_to_rgb, normal_to_rgb, side_by_side, write_turntable
 from dream3d.representations.base import Representation
-from dream3d.types import Cameras, Mesh
+from dream3d.types import MESH_FORMATS, VIDEO_PANELS, Cameras, Mesh
 
 RENDER_BATCH = 4  # views per render call: bounds memory at video resolution
 COLOUR_CHECK_VIEWS = 4  # turntable views used to compare mesh colours with the renders
 COLOUR_MISMATCH = 0.12  # mean-luminance gap between mesh and albedo renders that earns a warning
-VIDEO_PANELS = ("rgb", "normal", "depth")
 TEXTURE_PADDING = 8  # texels grown around every UV chart so seams do not bleed
 
 

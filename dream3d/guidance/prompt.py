@@ -21,8 +21,11 @@ class PromptProcessor:
     The empty prompt is embedded too, so a guidance that needs the null embedding finds it in
     the prior's cache after the run frees the text encoder (`prior.release_text_encoder()`)."""
 
-    def __init__(self, prior: DiffusionPrior, prompt: str, negative_prompt: str = "", view_dependent: bool = True):
+    def __init__(self, prior: DiffusionPrior, prompt: str, negative_prompt: str = "", view_dependent: bool = True,
+                 ignored_words: tuple[str, ...] = ()):
+        """`ignored_words`: words of `prompt` the prior does not know and skips (shown to the user)."""
         self.prompt = prompt
+        self.ignored_words = tuple(ignored_words)
         self.negative_prompt = negative_prompt
         self.view_dependent = view_dependent
         self.view_prompts = {v: with_view(prompt, v) if view_dependent else prompt for v in VIEW_NAMES}
