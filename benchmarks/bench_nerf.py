@@ -26,7 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dream3d.cameras import orbit_cameras  # noqa: E402
-from dream3d.representations.hash_encoding import HashEncoding  # noqa: E402
 from dream3d.representations.hashgrid_nerf import HashGridNeRF, NeRFConfig  # noqa: E402
 
 
@@ -85,7 +84,7 @@ def bench_render(label: str, cfg: NeRFConfig, res: int, repeats: int, shading: s
 
 def bench_encoding(n_points: int, cfg: NeRFConfig, repeats: int) -> list[tuple]:
     torch.manual_seed(0)
-    enc = HashEncoding(cfg.n_levels, cfg.n_features, cfg.log2_table_size, cfg.base_resolution, cfg.per_level_scale)
+    enc = cfg.build_encoding()
     # Points along rays, in ray order, as the renderer produces them (cache behaviour differs from random points).
     cams = cameras(64)
     o, d = (t.reshape(-1, 3) for t in cams.rays())

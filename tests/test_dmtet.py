@@ -12,7 +12,7 @@ from dream3d.errors import UserError
 from dream3d.render.raster import mesh_edges
 from dream3d.representations.dmtet import DMTet, DMTetConfig, blur_grid
 from dream3d.representations.tetgrid import KUHN_CORNERS, TetGrid, crossing_topology, marching_tets, zero_crossings
-from dream3d.training.regularizers import face_normals, laplacian_smoothness, normal_consistency, vertex_normals
+from dream3d.render.mesh_ops import face_normals, laplacian_smoothness, normal_consistency, vertex_normals
 
 
 def small_config(**kw) -> DMTetConfig:
@@ -205,7 +205,7 @@ def test_freeze_geometry_keeps_only_texture_groups():
     out = rep.render(cameras(1), torch.ones(1, 3))
     out.rgb.mean().backward()
     assert rep.sdf.grad is None and rep.deform.grad is None
-    assert rep.encoding.table.grad is not None
+    assert rep.albedo_field.encoding.table.grad is not None
     geometry_only = DMTet(small_config(freeze_texture=True))
     assert set(geometry_only.param_groups()) == {"sdf", "deform"}
 
@@ -226,13 +226,13 @@ def test_texture_copied_from_a_nerf_reads_the_same_albedo():
     torch.manual_seed(0)
     nerf = HashGridNeRF(NeRFConfig(n_levels=4, log2_table_size=12, base_resolution=4, per_level_scale=1.5, hidden_dim=16))
     with torch.no_grad():
-        nerf.encoding.table.normal_(0.0, 1.0)
+        nerf.albedo_field.encoding.table.normal_(0.0, 1.0)
     rep = DMTet(small_config())
-    rep.init_texture_from(nerf.encoding, nerf.albedo_mlp)
+    rep.init_texture_from(nerf.albedo_field)
     points = torch.rand(100, 3) * 1.6 - 0.8
     torch.testing.assert_close(rep.albedo(points), nerf.albedo(points))
     with pytest.raises(UserError, match="settings differ"):
-        DMTet(small_config(hidden_dim=8)).init_texture_from(nerf.encoding, nerf.albedo_mlp)
+        DMTet(small_config(hidden_dim=8)).init_texture_from(nerf.albedo_field)
 
 
 def test_regularizers_can_be_switched_off():
@@ -354,7 +354,7 @@ def test_exported_texture_is_baked_from_the_texture_field_not_the_vertex_colours
     torch.manual_seed(0)
     rep = DMTet(small_config(grid_resolution=8, n_levels=2, base_resolution=32, per_level_scale=2.0)).eval()
     with torch.no_grad():
-        rep.encoding.table.uniform_(-6.0, 6.0)  # colour changes many times per face
+        rep.albedo_field.encoding.table.uniform_(-6.0, 6.0)  # colour changes many times per face
     assert rep.has("albedo")
     files = export_representation(rep, tmp_path, mesh=True, video=False, formats=["glb"], mesh_resolution=8,
                                   video_resolution=16, n_frames=1, background=0.7, camera_cfg=CameraConfig(),

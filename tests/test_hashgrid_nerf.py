@@ -100,11 +100,11 @@ def test_analytic_normals_and_their_gradients_match_autograd():
     parameter gradients of a loss on normals)."""
     rep = make(3, n_levels=4, log2_table_size=10, hidden_dim=16, hidden_layers=2, blob_density=2.0)
     with torch.no_grad():
-        rep.encoding.table.normal_(0.0, 0.5)  # a field with structure, not just the blob
+        rep.albedo_field.encoding.table.normal_(0.0, 0.5)  # a field with structure, not just the blob
     x = torch.rand(3, 64, generator=torch.Generator().manual_seed(2)) * 1.6 - 0.8
     g = torch.randn(3, 64, generator=torch.Generator().manual_seed(3))
     # The last layer's bias shifts the density, not its gradient: normals do not depend on it.
-    params = [rep.encoding.table, *rep.density_mlp.parameters()][:-1]
+    params = [rep.albedo_field.encoding.table, *rep.density_mlp.parameters()][:-1]
 
     _, normal, _ = rep._field(x, want_albedo=False)
     grads = torch.autograd.grad((normal * g).sum(), params, allow_unused=True)
@@ -196,9 +196,9 @@ def test_mesh_colours_match_the_albedo_renders():
 
     rep = make(5)
     with torch.no_grad():
-        rep.encoding.table.normal_(0.0, 1.0)  # colours that vary in space...
+        rep.albedo_field.encoding.table.normal_(0.0, 1.0)  # colours that vary in space...
         rep.density_mlp.layers[-1].weight.zero_()  # ...on the plain blob
-        rep.albedo_mlp.layers[-1].bias.copy_(torch.tensor([1.5, -1.0, 0.0]))
+        rep.albedo_field.mlp.layers[-1].bias.copy_(torch.tensor([1.5, -1.0, 0.0]))
     mesh = rep.extract_mesh(40)
     gap = mesh_luminance(mesh) - albedo_render_luminance(rep, CameraConfig(), 40, 0.7)
     assert abs(gap) < 0.05

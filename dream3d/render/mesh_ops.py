@@ -1,10 +1,13 @@
-"""Mesh smoothness regularisers over plain vertex / face tensors.
+"""Triangle-mesh geometry over plain vertex / face tensors: normals and smoothness terms.
 
+- `face_normals`, `vertex_normals`: outward normals of a counter-clockwise mesh
+  (vertex normals are the area-weighted mean of the adjacent faces').
 - `normal_consistency`: mean over interior edges of 1 - cos(angle between the
   normals of the edge's two faces); 0 for a flat sheet, it penalises creases.
 - `laplacian_smoothness`: mean over vertices of |v - mean of its neighbours|^2
   (the uniform "umbrella" Laplacian); it pulls vertices towards their 1-ring centroid.
-Both accept precomputed `MeshEdges` so a renderer that already built them shares them.
+The two terms accept precomputed `MeshEdges` so a renderer that already built them shares
+them; they are differentiable losses, weighted by the representation's `loss_weights`.
 """
 from __future__ import annotations
 

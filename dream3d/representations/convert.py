@@ -19,7 +19,7 @@ def _copy(previous, new) -> None:
 def _nerf_to_dmtet(previous, new) -> None:
     """The NeRF's isosurface becomes the tet grid's zero level; its albedo field is kept."""
     new.init_from_density(previous.query_density, previous.cfg.mesh_threshold)
-    new.init_texture_from(previous.encoding, previous.albedo_mlp)
+    new.init_texture_from(previous.albedo_field)
 
 
 @torch.no_grad()

@@ -4,9 +4,10 @@ Each vertex of a Kuhn tetrahedral grid over [-radius, radius]^3 carries a signed
 distance (negative inside) and a bounded offset (max_deform * cell * tanh(raw)).
 Every render extracts the zero level by marching tetrahedra (differentiable in both),
 rasterises it from each camera, interpolates positions and normals, reads the albedo
-from a hash-grid texture field at the surface points and shades it. Analytic
-antialiasing gives the outline gradients; normal-consistency and Laplacian terms are
-returned in `extras` for the trainer to weight.
+from a hash-grid texture field (`fields.HashGridAlbedo`, as the NeRF's) at the surface
+points and shades it. Analytic antialiasing gives the outline gradients;
+normal-consistency and Laplacian terms (`render.mesh_ops`) are returned in `extras`
+for the trainer to weight.
 
 Initialisation: a sphere (`init_sphere`), or the previous stage's density
 (`init_from_density`), whose level set at `threshold` becomes the zero level; the
@@ -25,20 +26,21 @@ from torch import Tensor, nn
 
 from dream3d.errors import UserError
 from dream3d.render import raster
+from dream3d.render.mesh_ops import face_normals, laplacian_smoothness, normal_consistency, vertex_normals
 from dream3d.render.shading import SHADING_MODES, shade
 from dream3d.representations.base import Representation
-from dream3d.representations.hash_encoding import HashEncoding
-from dream3d.representations.hashgrid_nerf import ColumnMLP
+from dream3d.representations.fields import CHUNK, HashGridAlbedo, HashGridConfig
 from dream3d.representations.tetgrid import TetGrid, zero_crossings
-from dream3d.training.regularizers import face_normals, laplacian_smoothness, normal_consistency, vertex_normals
 from dream3d.types import Cameras, Mesh, RenderOutput
 
-CHUNK = 1 << 16  # points per density / texture query at initialisation and export
 FIT_LR = 1e-2  # Adam step of the texture fit to a previous stage's colours (100 steps reach ~1/100)
 
 
 @dataclass
-class DMTetConfig:
+class DMTetConfig(HashGridConfig):
+    """The texture field's hash-grid and MLP settings come from HashGridConfig, shared with the
+    NeRF (same defaults), so a NeRF's albedo field copies into a DMTet."""
+
     grid_resolution: int = 64
     """Cells per axis of the tetrahedral grid (six tetrahedra per cell)."""
     radius: float = 1.0
@@ -47,20 +49,6 @@ class DMTetConfig:
     """Largest vertex offset, in cells (offset = max_deform * cell * tanh(raw))."""
     init_radius: float = 0.5
     """Radius of the initial sphere when no previous stage provides a shape."""
-    n_levels: int = 8
-    """Texture hash-grid levels (the texture settings default to the NeRF's, so its albedo can be copied)."""
-    n_features: int = 2
-    """Features per texture hash-grid level."""
-    log2_table_size: int = 16
-    """log2 of the texture hash table size per level."""
-    base_resolution: int = 16
-    """Grid resolution of the coarsest texture level."""
-    per_level_scale: float = 1.486
-    """Resolution growth factor between texture levels (16 * 1.486^7 = 255 at the finest)."""
-    hidden_dim: int = 32
-    """Width of the albedo MLP."""
-    hidden_layers: int = 1
-    """Hidden layers of the albedo MLP."""
     ambient: float = 0.4
     """Ambient light strength (diffuse and textureless shading)."""
     diffuse: float = 0.6
@@ -117,8 +105,7 @@ class DMTet(Representation):
         self.grid = TetGrid(cfg.grid_resolution, cfg.radius)
         self.sdf = nn.Parameter(torch.zeros(self.grid.n_vertices))
         self.deform = nn.Parameter(torch.zeros(self.grid.n_vertices, 3))
-        self.encoding = HashEncoding(cfg.n_levels, cfg.n_features, cfg.log2_table_size, cfg.base_resolution, cfg.per_level_scale)
-        self.albedo_mlp = ColumnMLP(self.encoding.out_dim, cfg.hidden_dim, cfg.hidden_layers, 3)
+        self.albedo_field = HashGridAlbedo(cfg.hash_grid(), cfg.radius)  # the texture
         self.init_sphere(cfg.init_radius)
         for p in (self.sdf, self.deform):
             p.requires_grad_(not cfg.freeze_geometry)
@@ -164,13 +151,12 @@ class DMTet(Representation):
         self.deform.zero_()
 
     @torch.no_grad()
-    def init_texture_from(self, encoding: HashEncoding, albedo_mlp: ColumnMLP) -> None:
+    def init_texture_from(self, albedo_field: HashGridAlbedo) -> None:
         """Start the texture field as a copy of another one with the same layout, e.g. the
-        previous NeRF stage's `encoding` and `albedo_mlp` (same hash-grid and MLP settings;
-        with the same radius both read [-radius, radius]^3 the same way)."""
+        previous NeRF stage's `albedo_field` (same hash-grid and MLP settings; with the same
+        radius both read [-radius, radius]^3 the same way)."""
         try:
-            self.encoding.load_state_dict(encoding.state_dict())
-            self.albedo_mlp.load_state_dict(albedo_mlp.state_dict())
+            self.albedo_field.load_state_dict(albedo_field.state_dict())
         except RuntimeError as err:
             raise UserError("cannot copy the texture field: its hash-grid or MLP settings differ from this DMTet's "
                             f"({str(err).splitlines()[0]})") from None
@@ -206,7 +192,7 @@ class DMTet(Representation):
 
     # ------------------------------------------------------------ geometry
     def _texture_params(self) -> list[nn.Parameter]:
-        return [self.encoding.table, *self.albedo_mlp.parameters()]
+        return list(self.albedo_field.parameters())  # encoding.table, then the MLP's
 
     def mesh(self) -> tuple[Tensor, Tensor]:
         """The current surface: vertices [M, 3] (differentiable in sdf and deform) and faces [F, 3]."""
@@ -237,9 +223,7 @@ class DMTet(Representation):
 
     def albedo(self, points: Tensor) -> Tensor:
         """Albedo [N, 3] in [0, 1] at world points [N, 3]."""
-        u = ((points + self.cfg.radius) * (0.5 / self.cfg.radius)).t().contiguous()
-        out, _ = self.albedo_mlp(self.encoding(u))
-        return torch.sigmoid(out).t()
+        return self.albedo_field(points)
 
     # ------------------------------------------------------------ rendering
     def render(self, cams: Cameras, background: Tensor, shading: str = "diffuse", light_dir: Tensor | None = None) -> RenderOutput:
@@ -307,8 +291,12 @@ class DMTet(Representation):
         if not self.cfg.freeze_geometry:
             groups.update(sdf=[self.sdf], deform=[self.deform])
         if not self.cfg.freeze_texture:
-            groups.update(encoding=[self.encoding.table], mlp=list(self.albedo_mlp.parameters()))
+            groups.update(encoding=[self.albedo_field.encoding.table], mlp=list(self.albedo_field.mlp.parameters()))
         return groups
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        HashGridAlbedo.upgrade_state_dict(state_dict, prefix, "albedo_field")  # runs saved before the shared field
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------ export
     @torch.no_grad()

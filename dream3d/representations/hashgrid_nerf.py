@@ -1,5 +1,7 @@
 """Hash-grid NeRF: a multiresolution hash encoding read by a density MLP and an
-albedo MLP, rendered by volume rendering with Lambertian shading.
+albedo MLP, rendered by volume rendering with Lambertian shading. The encoding and
+the albedo MLP are the shared `fields.HashGridAlbedo` (the DMTet's texture field, so
+a NeRF's albedo copies into a DMTet); the density MLP reads that field's features.
 
 The scene lives in the cube [-radius, radius]^3. At initialisation a density blob
 (Magic3D: bias = blob_density * (1 - |x| / blob_radius)) gives SDS something to
@@ -29,10 +31,9 @@ from dream3d.errors import UserError
 from dream3d.render import volume
 from dream3d.render.shading import SHADING_MODES, shade
 from dream3d.representations.base import Representation
-from dream3d.representations.hash_encoding import HashEncoding
+from dream3d.representations.fields import CHUNK, ColumnMLP, HashGridAlbedo, HashGridConfig
 from dream3d.types import Cameras, Mesh, RenderOutput
 
-CHUNK = 1 << 16  # points per field evaluation when querying large grids
 # The CPU early-stop pre-pass costs about a fifth of what a sample costs with gradients:
 # "auto" keeps it while it drops more than this fraction, and re-checks every few renders.
 PREPASS_MIN_DROP = 0.25
@@ -40,23 +41,11 @@ PREPASS_RECHECK = 8
 
 
 @dataclass
-class NeRFConfig:
+class NeRFConfig(HashGridConfig):
+    """The hash-grid and MLP settings come from HashGridConfig (shared with DMTet's texture)."""
+
     radius: float = 1.0
     """Half side of the cube [-radius, radius]^3 holding the object (hash grid and occupancy grid span it)."""
-    n_levels: int = 8
-    """Hash-grid levels."""
-    n_features: int = 2
-    """Features per hash-grid level."""
-    log2_table_size: int = 16
-    """log2 of the hash table size per level."""
-    base_resolution: int = 16
-    """Grid resolution of the coarsest level."""
-    per_level_scale: float = 1.486
-    """Resolution growth factor between levels (16 * 1.486^7 = 255 at the finest)."""
-    hidden_dim: int = 32
-    """Width of the density and albedo MLPs."""
-    hidden_layers: int = 1
-    """Hidden layers of the density and albedo MLPs."""
     samples_per_ray: int = 48
     """Samples along a ray crossing the cube's side; sets the step 2 * radius / samples_per_ray."""
     density_activation: Literal["softplus", "exp"] = "softplus"
@@ -93,44 +82,18 @@ class NeRFConfig:
     """Weight of each regulariser in extras: normals facing away from the camera, opacity sparsity."""
 
 
-class ColumnMLP(nn.Module):
-    """ReLU MLP on columns: x [D, K] -> [out, K] (points stay the contiguous axis)."""
-
-    def __init__(self, d_in: int, width: int, hidden_layers: int, d_out: int):
-        super().__init__()
-        dims = [d_in] + [width] * hidden_layers + [d_out]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
-
-    def forward(self, x: Tensor, input_grad: bool = False) -> tuple[Tensor, Tensor | None]:
-        """Outputs [out, K] and, if input_grad, d out[0] / d x [D, K]: one
-        vector-Jacobian product written as plain ops, so autograd can differentiate it
-        again without a double backward (this is how normals get gradients)."""
-        masks = []
-        for layer in self.layers[:-1]:
-            pre = torch.addmm(layer.bias[:, None], layer.weight, x)
-            masks.append(pre > 0)
-            x = F.relu(pre)
-        last = self.layers[-1]
-        out = torch.addmm(last.bias[:, None], last.weight, x)
-        if not input_grad:
-            return out, None
-        g = last.weight[0][:, None]  # [width, 1]
-        for layer, mask in zip(reversed(self.layers[:-1]), reversed(masks)):
-            g = layer.weight.t() @ (g * mask)
-        return out, g
-
-
 class HashGridNeRF(Representation):
     albedo_inset = 0.01  # the isosurface at mesh_threshold is the fuzzy edge; its albedo reads darker there
 
     def __init__(self, cfg: NeRFConfig | None = None):
         super().__init__()
         self.cfg = cfg = cfg or NeRFConfig()
-        self.encoding = HashEncoding(
-            cfg.n_levels, cfg.n_features, cfg.log2_table_size, cfg.base_resolution, cfg.per_level_scale
-        )
-        self.density_mlp = ColumnMLP(self.encoding.out_dim, cfg.hidden_dim, cfg.hidden_layers, 1)
-        self.albedo_mlp = ColumnMLP(self.encoding.out_dim, cfg.hidden_dim, cfg.hidden_layers, 3)
+        # One hash grid read by the density MLP and the albedo head (built in this order: a seed
+        # initialises the table, the density MLP, then the albedo MLP).
+        encoding = cfg.build_encoding()
+        density_mlp = ColumnMLP(encoding.out_dim, cfg.hidden_dim, cfg.hidden_layers, 1)
+        self.albedo_field = HashGridAlbedo(cfg.hash_grid(), cfg.radius, encoding)
+        self.density_mlp = density_mlp
         r = cfg.radius
         self.occupancy = nerfacc.OccGridEstimator(
             roi_aabb=[-r, -r, -r, r, r, r], resolution=cfg.occupancy_resolution, levels=1
@@ -151,24 +114,21 @@ class HashGridNeRF(Representation):
         grad = x * (-(c.blob_density / c.blob_radius) / dist.clamp(min=1e-6))
         return bias, grad
 
-    def _unit(self, x: Tensor) -> Tensor:
-        """World points [3, K] -> hash-grid coordinates [3, K] in [0, 1]."""
-        return (x + self.cfg.radius) * (0.5 / self.cfg.radius)
-
     def _density_logit(self, x: Tensor) -> Tensor:
         """Density logit [K] at world points [3, K]."""
-        raw, _ = self.density_mlp(self.encoding(self._unit(x)))
+        raw, _ = self.density_mlp(self.albedo_field.features(x))
         return raw[0] + self._blob(x)[0]
 
     def _field(self, x: Tensor, want_albedo: bool) -> tuple[Tensor, Tensor, Tensor | None]:
         """Density [K], outward unit normal [3, K] and albedo [3, K] (or None) at world points x [3, K]."""
         analytic = self.cfg.normals == "analytic"
+        albedo_field = self.albedo_field
         if analytic:
-            feat, jac = self.encoding(self._unit(x), with_jacobian=True)  # [D, K], [3, D, K]
+            feat, jac = albedo_field.features(x, with_jacobian=True)  # [D, K], [3, D, K]
             raw, d_raw_d_feat = self.density_mlp(feat, input_grad=True)
-            grad = (jac * d_raw_d_feat).sum(1) * (0.5 / self.cfg.radius)  # chain rule to world units
+            grad = (jac * d_raw_d_feat).sum(1) * albedo_field.scale  # chain rule to world units
         else:
-            feat = self.encoding(self._unit(x))
+            feat = albedo_field.features(x)
             raw, _ = self.density_mlp(feat)
         bias, bias_grad = self._blob(x)
         logit = raw[0] + bias
@@ -182,7 +142,7 @@ class HashGridNeRF(Representation):
             grad = (probes[0] - probes[1]) / (2.0 * eps)
         sigma = volume.activate_density(logit, self.cfg.density_activation)
         normal = -grad / (grad[0] * grad[0] + grad[1] * grad[1] + grad[2] * grad[2]).sqrt().clamp(min=1e-12)
-        albedo = torch.sigmoid(self.albedo_mlp(feat)[0]) if want_albedo else None
+        albedo = albedo_field.head(feat) if want_albedo else None
         return sigma, normal, albedo
 
     def query_density(self, points: Tensor) -> Tensor:
@@ -193,11 +153,7 @@ class HashGridNeRF(Representation):
 
     def albedo(self, points: Tensor) -> Tensor:
         """Albedo [N, 3] in [0, 1] at world points [N, 3]."""
-        out = []
-        for p in points.split(CHUNK):
-            raw, _ = self.albedo_mlp(self.encoding(self._unit(p.t().contiguous())))
-            out.append(torch.sigmoid(raw).t())
-        return torch.cat(out) if out else points.new_zeros(0, 3)
+        return self.albedo_field(points)
 
     # ------------------------------------------------------------ sampling
     def _occupied_box(self) -> tuple[Tensor, Tensor]:
@@ -307,9 +263,13 @@ class HashGridNeRF(Representation):
     # ------------------------------------------------------------ training hooks
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         return {
-            "encoding": [self.encoding.table],
-            "mlp": [*self.density_mlp.parameters(), *self.albedo_mlp.parameters()],
+            "encoding": [self.albedo_field.encoding.table],
+            "mlp": [*self.density_mlp.parameters(), *self.albedo_field.mlp.parameters()],
         }
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        HashGridAlbedo.upgrade_state_dict(state_dict, prefix, "albedo_field")  # runs saved before the shared field
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _update_occupancy(self, step: int, every: int) -> None:
         self.occupancy.update_every_n_steps(
@@ -334,7 +294,7 @@ class HashGridNeRF(Representation):
         from skimage.measure import marching_cubes
 
         r = self.cfg.radius
-        device = self.encoding.table.device
+        device = self.albedo_field.encoding.table.device
         axis = torch.linspace(-r, r, resolution, device=device)
         pts = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
         density = self.query_density(pts).reshape(resolution, resolution, resolution).float().cpu()
