@@ -1,0 +1,41 @@
+"""The geometry benchmark's measures on meshes whose answers are known."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import geometry as G  # noqa: E402
+
+QUICK = {"steps": 120, "n": 32}  # a coarser fit than the benchmark's keeps the test quick
+UPRIGHT = trimesh.transformations.rotation_matrix(-np.pi / 2, [1, 0, 0])  # trimesh's +Z axis onto +Y
+
+
+def test_fitted_primitive_iou_prefers_the_right_shape():
+    cube = trimesh.creation.box((0.8, 0.6, 0.8)).subdivide_to_size(0.05)
+    cube.apply_transform(trimesh.transformations.rotation_matrix(np.radians(20), [0, 1, 0]))  # turned about +Y
+    cube.apply_translation([0.1, -0.05, 0.0])
+    assert G.fit_iou(cube, "cube", **QUICK) > 0.95
+    assert G.fit_iou(cube, "sphere", **QUICK) < 0.85
+    torus = trimesh.creation.torus(0.4, 0.15).apply_transform(UPRIGHT)
+    assert G.fit_iou(torus, "torus", **QUICK) > 0.93
+    assert G.fit_iou(torus, "cylinder", **QUICK) < 0.75  # the hole is empty
+
+
+def test_genus_roughness_and_components():
+    torus = trimesh.creation.torus(0.4, 0.15).apply_transform(UPRIGHT)
+    sphere = trimesh.creation.icosphere(4, 0.5)
+    assert (G.genus(torus), G.genus(sphere)) == (1, 0)
+    assert G.roughness(sphere) < 3.0
+    rng = np.random.default_rng(0)
+    bumpy = sphere.copy()
+    bumpy.vertices = bumpy.vertices * (1 + 0.03 * rng.standard_normal((len(bumpy.vertices), 1)))
+    assert G.roughness(bumpy) > 10.0
+    # a hand-computable case: two faces folded by 90 degrees, equal areas
+    fold = trimesh.Trimesh([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], [[0, 1, 2], [0, 3, 1]], process=False)
+    assert G.roughness(fold) == pytest.approx(90.0)
+    assert G.shape_of("a Yellow torus") == "torus" and G.shape_of("a red chair") is None
