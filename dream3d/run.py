@@ -8,8 +8,9 @@ import re
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-import torch
+import yaml
 
 from dream3d import __version__
 from dream3d.errors import UserError
@@ -45,6 +46,7 @@ def new_run_dir(out_root: Path, prompt: str) -> Path:
 
 def versions() -> dict[str, str]:
     import diffusers
+    import torch  # here, not at the top: the gallery reads run folders without loading torch
 
     return {
         "dream3d": __version__,
@@ -59,7 +61,9 @@ class RunInfo:
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / "run.json"
-        self.data: dict = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.data: dict = read_json_record(self.path) if self.path.is_file() else {}
+        if not isinstance(self.data.get("timings", {}), dict):
+            raise UserError(f"{self.path}: 'timings' must be a mapping, got {describe(self.data['timings'])}")
 
     def update(self, **fields) -> None:
         self.data.update(fields)
@@ -73,7 +77,86 @@ def append_metrics(run_dir: Path, row: dict) -> None:
 
 
 def check_run_dir(path: Path) -> Path:
+    """A run folder whose config.yaml is a mapping of sections (what `config.build` can take)."""
     path = Path(path)
     if not (path / "config.yaml").is_file():
         raise UserError(f"{path} is not a dream3d run folder (no config.yaml)")
+    read_config_data(path / "config.yaml")
     return path
+
+
+# ---------------------------------------------------------------- reading files a run folder holds
+# Run folders come from shared disks and other machines: whatever is in them, reading one gives
+# the data or one UserError line naming the file and what is wrong, never a traceback.
+
+def describe(value: Any, limit: int = 60) -> str:
+    """A short, printable, one-line picture of a value from a file, with its type."""
+    text = repr(value)
+    if len(text) > limit:
+        text = text[:limit - 3] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def read_text_file(path: Path) -> str:
+    """A file's text (UTF-8), or one UserError line."""
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not text (not UTF-8)") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def read_json_record(path: Path) -> dict:
+    """A JSON file that must hold an object (run.json, eval.json, batch.json)."""
+    text = read_text_file(path)
+    try:
+        data = json.loads(text)
+    except ValueError as e:  # JSONDecodeError; also the too-long integers Python refuses to parse
+        raise UserError(f"{path} is not valid JSON ({str(e).splitlines()[0]})") from None
+    except RecursionError:
+        raise UserError(f"{path} is nested too deeply to read") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a JSON object, got {describe(data)}")
+    return data
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}" if mark is not None else problem
+
+
+SECTIONS = ("representation", "guidance", "train")
+"""The config sections that are mappings, at the top and in each stage."""
+
+
+def read_config_data(path: Path) -> dict:
+    """A run's config.yaml as plain data, checked to have the shape `config.build` takes: a mapping,
+    its sections mappings, `stages` a list of mappings. Field names and values are `config.build`'s to check."""
+    text = read_text_file(path)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise UserError(f"{path} is not valid YAML ({_yaml_problem(e)})") from None
+    except ValueError as e:  # an integer of more digits than Python converts
+        raise UserError(f"{path} is not valid YAML ({str(e).splitlines()[0][:100]})") from None
+    except RecursionError:
+        raise UserError(f"{path} is nested too deeply to read") from None
+    if not isinstance(data, dict):
+        what = "empty" if data is None else f"not a mapping of settings: it holds {describe(data)}"
+        raise UserError(f"{path} is {what}")
+    stages = data.get("stages")
+    if stages is not None and not isinstance(stages, list):
+        raise UserError(f"{path}: 'stages' must be a list of stages, got {describe(stages)}")
+    places = [("", data)]
+    for i, stage in enumerate(stages or []):
+        if stage is not None and not isinstance(stage, dict):
+            raise UserError(f"{path}: 'stages.{i}' must be a mapping, got {describe(stage)}")
+        places.append((f"stages.{i}.", stage or {}))
+    for prefix, section in places:
+        for key in SECTIONS:
+            value = section.get(key)
+            if value is not None and not isinstance(value, dict):
+                raise UserError(f"{path}: '{prefix}{key}' must be a mapping, got {describe(value)}")
+    return data

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from dream3d.atomic import atomic_paths, write_text_atomic
@@ -34,14 +35,38 @@ def _copy(src: Path, dst: Path) -> None:
         tmp.write_bytes(src.read_bytes())
 
 
+def printable(text: str) -> str:
+    """One terminal line: control characters (newlines, escape sequences) shown as escapes."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+def _warner(console):
+    """Where the gallery's warnings go: one line each on `console` (markup in them shown as text)."""
+    if console is None:
+        return lambda message: warnings.warn(printable(message), stacklevel=2)
+    from rich.markup import escape
+
+    return lambda message: console.print(f"[yellow]warning[/]: {escape(printable(message))}", highlight=False,
+                                         soft_wrap=True)
+
+
 def write_gallery(folder: Path, contact_sheet: bool = True, console=None) -> dict[str, Path]:
-    """Write `index.html` (and `contact-sheet.png`) into `folder`; returns what was written."""
+    """Write `index.html` (and `contact-sheet.png`) into `folder`; returns what was written.
+    Runs that cannot be read are left out with a warning line each (on `console`, else `warnings`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder")
-    cards = collect(folder)
+    warn = _warner(console)
+    cards = collect(folder, warn)
     if not cards:
         raise UserError(f"no runs under {folder} (a run folder has a run.json; a batch folder a batch.json)")
+    try:
+        return _write_files(folder, cards, contact_sheet, console, warn)
+    except OSError as e:  # the folder is not writable, the disk is full, ...
+        raise UserError(f"cannot write the gallery into {folder}: {e.strerror or e}") from None
+
+
+def _write_files(folder: Path, cards: list[RunCard], contact_sheet: bool, console, warn) -> dict[str, Path]:
     files: dict[str, Path] = {}
     viewer = find_model_viewer()
     if viewer is not None:
@@ -49,9 +74,9 @@ def write_gallery(folder: Path, contact_sheet: bool = True, console=None) -> dic
         files["model-viewer"] = folder / VIEWER_FILE
     elif console is not None:
         console.print("[yellow]warning[/]: <model-viewer> not found (npm ci --prefix tools/node, or set "
-                      "DREAM3D_MODEL_VIEWER); the page links the meshes instead of showing them")
+                      "DREAM3D_MODEL_VIEWER); the page links the meshes instead of showing them", soft_wrap=True)
     page = render_page(cards, folder, f"dream3d: {folder.resolve().name}", VIEWER_FILE if viewer else None)
     files["page"] = write_text_atomic(folder / "index.html", page)
     if contact_sheet:
-        files["contact sheet"] = write_contact_sheet(cards, folder / "contact-sheet.png")
+        files["contact sheet"] = write_contact_sheet(cards, folder / "contact-sheet.png", warn)
     return files

@@ -3,6 +3,11 @@
 The 3D view is Google's <model-viewer> web component (npm @google/model-viewer,
 its self-contained build copied next to the page); the turntable is a <video>
 with the MP4, falling back to the GIF when the browser cannot decode it.
+
+Everything from a run folder (texts, file and folder names) is data, never markup: texts and
+attribute values go through `_text`, file names through `_url` (percent-quoted relative paths,
+so no name can be a `javascript:` or any other scheme's URL, then attribute-escaped). Only the
+fixed set of state names becomes a CSS class.
 """
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import os
 from pathlib import Path
 from urllib.parse import quote
 
-from dream3d.gallery.collect import RunCard
+from dream3d.gallery.collect import RunCard, clean_text
 
 STYLE = """
 :root { color-scheme: light dark; --card: #f4f4f2; --muted: #666; }
@@ -53,33 +58,53 @@ SCORES = (("object_accuracy", "object"), ("colour_accuracy", "colour"), ("r_prec
           ("view_accuracy", "view"), ("janus_rate", "Janus rate"))
 
 
+STATES = ("done", "failed", "running", "queued", "interrupted", "trained", "unknown")
+"""The states that become a CSS class (`.state.done`); any other state is shown as text only."""
+LABEL_LIMIT = 300
+"""Characters of a prompt repeated in alt texts and labels (the heading shows it whole)."""
+
+
 def rel_url(path: Path, base: Path) -> str:
-    return quote(Path(os.path.relpath(path, base)).as_posix())
+    """`path` relative to `base`, percent-quoted (`/` kept); bytes of undecodable names quoted as they are."""
+    return quote(Path(os.path.relpath(path, base)).as_posix(), errors="surrogateescape")
+
+
+def _url(path: Path, base: Path) -> str:
+    """A file's URL for an attribute: relative, quoted, escaped (a no-op after quoting, kept on principle)."""
+    return html.escape(rel_url(path, base), quote=True)
+
+
+def _text(value: object, limit: int | None = None) -> str:
+    """Any value as text of the page or of a quoted attribute value."""
+    text = clean_text(str(value))
+    if limit is not None and len(text) > limit:
+        text = text[:limit - 3] + "..."
+    return html.escape(text, quote=True)
 
 
 def _card(card: RunCard, base: Path, viewer: bool) -> str:
-    e = html.escape
-    label = e(card.prompt or card.name)
-    parts = [f'<article class="run" id="{e(card.name)}">',
-             f'<h2>{label}</h2>',
-             f'<div><span class="state {e(card.state)}">{e(card.state)}</span> <small>{e(card.name)}</small></div>']
+    label = _text(card.prompt or card.name, LABEL_LIMIT)
+    state_class = f"state {card.state}" if card.state in STATES else "state"
+    parts = [f'<article class="run" id="{_text(card.name)}">',
+             f'<h2>{_text(card.prompt or card.name)}</h2>',
+             f'<div><span class="{state_class}">{_text(card.state)}</span> <small>{_text(card.name)}</small></div>']
     media = []
     if card.glb is not None and viewer:
-        media.append(f'<model-viewer src="{rel_url(card.glb, base)}" alt="3D model: {label}" camera-controls '
+        media.append(f'<model-viewer src="{_url(card.glb, base)}" alt="3D model: {label}" camera-controls '
                      f'auto-rotate interaction-prompt="none" shadow-intensity="0.6" exposure="1.1"></model-viewer>')
     elif card.glb is not None:
-        media.append(f'<a class="nofile" href="{rel_url(card.glb, base)}">mesh.glb</a>')
+        media.append(f'<a class="nofile" href="{_url(card.glb, base)}">mesh.glb</a>')
     if card.mp4 is not None:
-        fallback = f' data-fallback="{rel_url(card.gif, base)}"' if card.gif is not None else ""
+        fallback = f' data-fallback="{_url(card.gif, base)}"' if card.gif is not None else ""
         media.append(f'<video autoplay loop muted playsinline preload="auto" aria-label="turntable: {label}"'
-                     f'{fallback}><source src="{rel_url(card.mp4, base)}" type="video/mp4"></video>')
+                     f'{fallback}><source src="{_url(card.mp4, base)}" type="video/mp4"></video>')
     elif card.gif is not None:
-        media.append(f'<img class="turntable" src="{rel_url(card.gif, base)}" alt="turntable: {label}">')
+        media.append(f'<img class="turntable" src="{_url(card.gif, base)}" alt="turntable: {label}">')
     if media:
         parts.append(f'<div class="media">{"".join(media)}</div>')
     if card.preview is not None:
-        parts.append(f'<img class="preview" src="{rel_url(card.preview, base)}" alt="preview grid: {label}" '
-                     f'title="{e(card.preview.name)}">')
+        parts.append(f'<img class="preview" src="{_url(card.preview, base)}" alt="preview grid: {label}" '
+                     f'title="{_text(card.preview.name)}">')
     rows = dict(card.settings)
     if card.seconds is not None:
         rows["time"] = f"{card.seconds:.1f} s"
@@ -89,11 +114,11 @@ def _card(card: RunCard, base: Path, viewer: bool) -> str:
     if card.source:
         rows["entry"] = card.source
     if rows:
-        parts.append("<dl>" + "".join(f"<dt>{e(k)}</dt><dd>{e(str(v))}</dd>" for k, v in rows.items()) + "</dl>")
+        parts.append("<dl>" + "".join(f"<dt>{_text(k)}</dt><dd>{_text(v)}</dd>" for k, v in rows.items()) + "</dl>")
     if card.error:
-        parts.append(f'<p class="error">{e(card.error)}</p>')
+        parts.append(f'<p class="error">{_text(card.error)}</p>')
     if card.folder is not None:
-        parts.append(f'<small><a href="{rel_url(card.folder, base)}/">run folder</a></small>')
+        parts.append(f'<small><a href="{_url(card.folder, base)}/">run folder</a></small>')
     parts.append("</article>")
     return "\n".join(parts)
 
@@ -103,17 +128,17 @@ def render_page(cards: list[RunCard], base: Path, title: str, viewer_script: str
     counts: dict[str, int] = {}
     for c in cards:
         counts[c.state] = counts.get(c.state, 0) + 1
-    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no runs"
+    summary = ", ".join(f"{n} {_text(s, LABEL_LIMIT)}" for s, n in sorted(counts.items())) or "no runs"
     head = [
         "<!doctype html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{html.escape(title)}</title>",
+        f"<title>{_text(title)}</title>",
         '<link rel="icon" href="data:,">',  # no favicon request (a 404 is a console error)
         f"<style>{STYLE}</style>",
     ]
     if viewer_script:
-        head.append(f'<script type="module" src="{html.escape(viewer_script)}"></script>')
-    body = ["</head>", "<body>", f"<header><h1>{html.escape(title)}</h1><p>{len(cards)} runs: {summary}</p></header>",
+        head.append(f'<script type="module" src="{html.escape(quote(viewer_script), quote=True)}"></script>')
+    body = ["</head>", "<body>", f"<header><h1>{_text(title)}</h1><p>{len(cards)} runs: {summary}</p></header>",
             "<main>", *(_card(c, base, viewer_script is not None) for c in cards), "</main>",
             f"<script>{SCRIPT}</script>", "</body>", "</html>"]
     return "\n".join(head + body) + "\n"
