@@ -35,6 +35,7 @@ def step_progress() -> Progress:
 
 @app.command()
 def generate(
+    ctx: typer.Context,
     prompt: Optional[str] = typer.Argument(None, help="What to make, e.g. \"a red cube\"."),
     preset: Optional[str] = typer.Option(None, help="Recipe to start from (see `dream3d list`)."),
     representation: Optional[str] = typer.Option(None, help="3D representation name."),
@@ -47,13 +48,24 @@ def generate(
     negative: Optional[str] = typer.Option(None, "--negative", help="Negative prompt."),
     allow_unknown_words: bool = typer.Option(False, help="Proceed when the embedded prior does not know a word."),
     out: Path = typer.Option(Path("outputs"), help="Folder that receives the run folder."),
-    resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run from its folder."),
+    resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run from its folder, with the settings "
+                                          "saved in it: no other option applies to a resumed run, and one given "
+                                          "with --resume (a prompt, --seed, --set, --out, ...) is refused."),
     set_: List[str] = typer.Option([], "--set", help="Override any config field: key=value (repeatable)."),
 ) -> None:
     """Turn a prompt into a 3D asset: train, then export a mesh and a turntable video."""
     from dream3d import pipeline, presets
 
     cfg = None
+    if resume is not None:
+        from dream3d.run import check_run_dir
+
+        check_run_dir(resume)  # a folder that is no run is the first thing to say
+        given = _given_options(ctx, but=("resume",))
+        if given:
+            raise UserError(f"--resume continues {resume} with the settings saved in its config.yaml, so "
+                            f"{', '.join(given)} cannot apply; drop {'it' if len(given) == 1 else 'them'} "
+                            f"(a new run takes {'it' if len(given) == 1 else 'them'})")
     if resume is None:
         if prompt is None or not prompt.strip():
             raise UserError("the prompt is empty: give a text such as \"a red cube\"")
@@ -68,7 +80,9 @@ def generate(
         console.print(f"run folder: [bold]{run_dir}[/]")
         ignored = trainer.prompt.ignored_words
         if ignored:
-            console.print(f"[yellow]warning[/]: the prior does not know and ignores: {', '.join(ignored)}")
+            from dream3d.priors.vocab import quoted_words
+
+            console.print(f"[yellow]warning[/]: the prior does not know and ignores: {escape(quoted_words(list(ignored)))}")
         task["id"] = progress.add_task(trainer.stage.name, total=trainer.train.steps, completed=trainer.start_step,
                                        rate=0.0, gnorm=0.0)
         task["t"] = None
@@ -91,6 +105,17 @@ def generate(
     for f in sorted(run_dir.iterdir()):
         if f.is_file() and f.suffix in (".glb", ".obj", ".ply", ".mp4", ".gif"):
             console.print(f"  {f.name}")
+
+
+def _given_options(ctx: typer.Context, but: tuple[str, ...] = ()) -> list[str]:
+    """The options and arguments of this command the user gave (not left at their defaults)."""
+    given = []
+    for p in ctx.command.params:
+        source = ctx.get_parameter_source(p.name)  # an enum of the click that typer ships
+        if p.name in but or source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
+            continue
+        given.append(f"the {p.name}" if p.param_type_name == "argument" else p.opts[0])
+    return given
 
 
 @app.command()

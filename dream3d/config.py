@@ -18,6 +18,8 @@ import yaml
 from dream3d.cameras.orbit import CameraConfig
 from dream3d.errors import UserError
 from dream3d import registry
+from dream3d.runfolder import check_stage_name
+from dream3d.text import has_letters, normalize_text, short_repr
 from dream3d.types import MESH_FORMATS, VIDEO_PANELS, MeshFormat, VideoPanel
 
 
@@ -207,7 +209,7 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     if dataclasses.is_dataclass(data):
         data = to_dict(data)
     if not isinstance(data, dict):
-        raise UserError(f"config section '{prefix or cls.__name__}' must be a mapping, got {data!r}")
+        raise UserError(f"config section '{prefix or cls.__name__}' must be a mapping, got {_brief(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -287,6 +289,21 @@ def deep_merge(base: Any, over: Any) -> Any:
     return base if over is None else over
 
 
+def _brief(value: Any, limit: int = 60) -> str:
+    """repr(value) cut for a one-line message (a section may hold pages of garbage)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _mapping(value: Any, key: str) -> dict:
+    """A config section as a new dict ({} when absent or empty); anything else names the key."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"config section '{key}' must be a mapping, got {_brief(value)}")
+    return dict(value)
+
+
 def _stage_component(default: dict, given: Any) -> dict:
     """A stage's component: the run's default, overridden by the stage's own options;
     naming another component drops the default's options (they belong to another class)."""
@@ -297,24 +314,27 @@ def _stage_component(default: dict, given: Any) -> dict:
 
 
 def build(data: dict) -> RunConfig:
+    if not isinstance(data, dict):
+        raise UserError(f"a run config must be a mapping of settings, got {_brief(data)}")
     data = dict(data)
-    rep = dict(data.pop("representation", None) or {})
-    gui = dict(data.pop("guidance", None) or {})
-    train = dict(data.pop("train", None) or {})
+    rep = _mapping(data.pop("representation", None), "representation")
+    gui = _mapping(data.pop("guidance", None), "guidance")
+    train = _mapping(data.pop("train", None), "train")
     raw_stages = data.pop("stages", None) or [{}]
     if not isinstance(raw_stages, list):
         raise UserError(f"config key 'stages' must be a list, got {raw_stages!r}")
     rep.setdefault("name", "hashgrid_nerf")
     gui.setdefault("name", "sds")
     cfg = from_dict(RunConfig, data)
+    cfg.prompt, cfg.negative_prompt = normalize_text(cfg.prompt), normalize_text(cfg.negative_prompt)
     cfg.representation = _component("representation", rep, "hashgrid_nerf")
     cfg.guidance = _component("guidance", gui, "sds")
     cfg.train = from_dict(TrainConfig, train, "train")
     for i, raw in enumerate(raw_stages):
-        raw = dict(raw or {})
-        stage_rep = _stage_component(rep, raw.pop("representation", None))
-        stage_gui = _stage_component(gui, raw.pop("guidance", None))
-        raw["train"] = deep_merge(train, raw.get("train") or {})
+        raw = _mapping(raw, f"stages.{i}")
+        stage_rep = _stage_component(rep, _mapping(raw.pop("representation", None), f"stages.{i}.representation"))
+        stage_gui = _stage_component(gui, _mapping(raw.pop("guidance", None), f"stages.{i}.guidance"))
+        raw["train"] = deep_merge(train, _mapping(raw.get("train"), f"stages.{i}.train"))
         stage = from_dict(StageConfig, raw, f"stages.{i}")
         stage.representation = _component(f"stages.{i}.representation", stage_rep, "hashgrid_nerf")
         stage.guidance = _component(f"stages.{i}.guidance", stage_gui, "sds")
@@ -326,9 +346,15 @@ def build(data: dict) -> RunConfig:
 def validate(cfg: RunConfig) -> None:
     if not cfg.prompt.strip():
         raise UserError("the prompt is empty: give a text such as \"a red cube\"")
+    if not has_letters(cfg.prompt):
+        raise UserError(f"the prompt {short_repr(cfg.prompt)} has no letters or digits (after Unicode "
+                        "normalisation): give a text such as \"a red cube\"")
     names = [s.name for s in cfg.stages]
-    if len(set(names)) != len(names):
-        raise UserError(f"stage names must differ, got {', '.join(names)}")
+    for i, name in enumerate(names):  # names become folders: ckpt/<name>/, previews/<name>-step-N.png
+        check_stage_name(name, f"stages.{i}.name")
+        if name in names[:i]:
+            raise UserError(f"config key 'stages.{i}.name': '{name}' names an earlier stage too; "
+                            f"stage names must differ, got {', '.join(names)}")
     if cfg.stages and cfg.stages[0].init == "previous":
         raise UserError(f"stage '{cfg.stages[0].name}' has init: previous, but it is the first stage")
     for stage in cfg.stages:
@@ -368,6 +394,13 @@ def save(cfg: RunConfig, path: Path) -> None:
 def load(path: Path) -> RunConfig:
     try:
         data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise UserError(f"cannot read the run config {path}: {e}") from None
-    return build(data)
+    except (OSError, ValueError, RecursionError, yaml.YAMLError) as e:  # ValueError: not UTF-8 text
+        reason = " ".join(str(e).split())  # YAML errors span several lines
+        raise UserError(f"cannot read the run config {path}: {reason[:200]}") from None
+    if not isinstance(data, dict):
+        held = "nothing" if data is None else f"{type(data).__name__} {_brief(data, 40)}"
+        raise UserError(f"the run config {path} is not a mapping of settings (it holds {held})")
+    try:
+        return build(data)
+    except UserError as e:
+        raise UserError(f"the run config {path}: {e}") from None

@@ -1,7 +1,7 @@
 """`generate` and `export` as plain functions; the CLI is a thin layer over them."""
 from __future__ import annotations
 
-import json
+import contextlib
 import time
 from pathlib import Path
 from typing import Callable
@@ -13,7 +13,8 @@ from dream3d import registry
 from dream3d.config import RunConfig
 from dream3d.errors import UserError
 from dream3d.run import RunInfo, check_run_dir, new_run_dir, versions
-from dream3d.training.checkpoint import has_checkpoint, load_checkpoint
+from dream3d.runfolder import run_lock, stage_dir
+from dream3d.training.checkpoint import has_checkpoint, load_checkpoint, read_latest
 
 
 def resolve_device(name: str) -> torch.device:
@@ -68,13 +69,13 @@ def load_stage(cfg: RunConfig, index: int, run_dir: Path, device: torch.device):
     stage = cfg.stages[index]
     torch.manual_seed(stage_seed(cfg, index))
     rep = build_representation(stage.representation, device)
-    load_checkpoint(run_dir / "ckpt" / stage.name, {"representation": rep}, None, None)
+    load_checkpoint(stage_dir(run_dir, stage.name), {"representation": rep}, None, None)
     return rep
 
 
 def stage_finished(run_dir: Path, stage) -> bool:
-    latest = run_dir / "ckpt" / stage.name / "latest.json"
-    return latest.is_file() and json.loads(latest.read_text()).get("step", 0) >= stage.train.steps
+    latest = read_latest(stage_dir(run_dir, stage.name))
+    return latest is not None and latest["step"] >= stage.train.steps
 
 
 def generate(
@@ -88,13 +89,22 @@ def generate(
     """Run (or resume) a whole generation, stage after stage; returns the run folder.
     `on_start(run_dir, trainer)` is called as each stage starts, `on_step(log)` after each step.
     `run_dir` names the folder of a fresh run (a batch needs a name it can find again);
-    by default it is a new `<prompt-slug>-<timestamp>` folder under `out_root`."""
+    by default it is a new `<prompt-slug>-<timestamp>` folder under `out_root`.
+    The run folder is locked (RUN/.lock) from the moment it is known until this returns:
+    another process working on it is refused with a line naming it."""
+    with contextlib.ExitStack() as held:
+        return _generate(cfg, out_root, resume, on_start, on_step, run_dir, held)
+
+
+def _generate(cfg, out_root, resume, on_start, on_step, run_dir, held: contextlib.ExitStack) -> Path:
     from dream3d.representations.convert import check_chain, convert
 
     if resume is not None:
         run_dir = check_run_dir(resume)
+        held.enter_context(run_lock(run_dir))
         cfg = config_mod.load(run_dir / "config.yaml")
-        if not any(has_checkpoint(run_dir / "ckpt" / s.name) for s in cfg.stages):
+        # every stage's latest.json is read here: a garbage one is refused before anything changes
+        if not [latest for s in cfg.stages if (latest := read_latest(stage_dir(run_dir, s.name)))]:
             raise UserError(f"{run_dir} has no checkpoint to resume from")
     assert cfg is not None
     check_chain(cfg)
@@ -106,6 +116,7 @@ def generate(
             run_dir = new_run_dir(out_root, cfg.prompt)
         else:
             run_dir = fixed_run_dir(Path(run_dir))
+        held.enter_context(run_lock(run_dir))
         config_mod.save(cfg, run_dir / "config.yaml")
     info = RunInfo(run_dir)
     info.update(status="running", prompt=cfg.prompt, seed=cfg.seed, device=str(device), versions=versions(),
@@ -161,7 +172,7 @@ def load_run(run_dir: Path, device: torch.device | None = None):
     device = device or resolve_device(cfg.device)
     last = cfg.stages[-1]
     rep = build_representation(last.representation, device)
-    ckpt = run_dir / "ckpt" / last.name
+    ckpt = stage_dir(run_dir, last.name)
     if not has_checkpoint(ckpt):
         raise UserError(f"{run_dir} has no checkpoint of its last stage '{last.name}' to export from")
     load_checkpoint(ckpt, {"representation": rep}, None, None)
@@ -173,23 +184,25 @@ def export_run(run_dir: Path, rep=None, cfg: RunConfig | None = None, **override
     """Write the mesh files and turntable video of a run; `overrides` replace export.* fields."""
     from dream3d.export.run_export import export_representation
 
-    if rep is None or cfg is None:
-        cfg, rep = load_run(run_dir)
-    ex = cfg.export
-    for k, v in overrides.items():
-        if v is not None:
-            setattr(ex, k, v)
-    t0 = time.perf_counter()
-    files = export_representation(
-        rep, run_dir, mesh=ex.mesh, video=ex.video, formats=ex.formats, mesh_resolution=ex.mesh_resolution,
-        video_resolution=ex.video_resolution, n_frames=ex.video_frames, background=ex.background,
-        camera_cfg=cfg.camera, decimate_faces=ex.decimate_faces or None, texture_size=ex.texture_size,
-        video_panels=ex.video_panels,
-    )
-    if ex.mesh and rep.has("save_splats"):  # the splats themselves, for 3DGS viewers
-        files["gaussians"] = rep.save_splats(run_dir / "gaussians.ply")
-    info = RunInfo(run_dir)
-    timings = dict(info.data.get("timings", {}))
-    timings["export_seconds"] = round(time.perf_counter() - t0, 2)
-    info.update(timings=timings, exports=sorted(p.name for p in files.values()))
-    return files
+    # one process per run: an export waits for no training run (nor one for it); reentrant from generate
+    with run_lock(check_run_dir(run_dir)):
+        if rep is None or cfg is None:
+            cfg, rep = load_run(run_dir)
+        ex = cfg.export
+        for k, v in overrides.items():
+            if v is not None:
+                setattr(ex, k, v)
+        t0 = time.perf_counter()
+        files = export_representation(
+            rep, run_dir, mesh=ex.mesh, video=ex.video, formats=ex.formats, mesh_resolution=ex.mesh_resolution,
+            video_resolution=ex.video_resolution, n_frames=ex.video_frames, background=ex.background,
+            camera_cfg=cfg.camera, decimate_faces=ex.decimate_faces or None, texture_size=ex.texture_size,
+            video_panels=ex.video_panels,
+        )
+        if ex.mesh and rep.has("save_splats"):  # the splats themselves, for 3DGS viewers
+            files["gaussians"] = rep.save_splats(run_dir / "gaussians.ply")
+        info = RunInfo(run_dir)
+        timings = dict(info.data.get("timings", {}))
+        timings["export_seconds"] = round(time.perf_counter() - t0, 2)
+        info.update(timings=timings, exports=sorted(p.name for p in files.values()))
+        return files

@@ -18,7 +18,9 @@ from dream3d.atomic import write_text_atomic
 
 
 def slugify(prompt: str, max_len: int = 48) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")
+    from dream3d.text import fold_accents  # "a rëd cube" -> a-red-cube, "ａ ｒｅｄ" -> a-red
+
+    slug = re.sub(r"[^a-z0-9]+", "-", fold_accents(prompt).lower()).strip("-")
     return slug[:max_len].rstrip("-") or "run"
 
 

@@ -60,14 +60,16 @@ class Outcome:
 
 def stage_steps(run_dir: Path, config: dict[str, Any]) -> int:
     """Steps done so far over all stages, from their latest checkpoints."""
+    from dream3d.runfolder import stage_dir
+    from dream3d.training.checkpoint import read_latest
+
     done = 0
     for stage in config.get("stages", []):
-        latest = run_dir / "ckpt" / stage["name"] / "latest.json"
-        if latest.is_file():
-            try:
-                done += int(json.loads(latest.read_text()).get("step", 0))
-            except (ValueError, OSError):
-                pass
+        try:  # a stage name that is not a name is refused by generate, with the key it came from
+            latest = read_latest(stage_dir(run_dir, stage["name"]))
+        except UserError:  # a garbage latest.json counts as no checkpoint
+            continue
+        done += latest["step"] if latest else 0
     return done
 
 

@@ -2,16 +2,19 @@
 
 The embedded prior knows prompts of the form "a {colour} {object}" with an
 optional view suffix (", front view"). Prompts are normalised before they reach
-the tokenizer: lower case, single spaces, "an" -> "a", a comma glued to the word
-before it. Words outside the vocabulary are an error unless the caller allows
+the tokenizer: Unicode NFKC with accents folded ("ａ ｒëｄ" -> "a red"), lower case,
+single spaces, "an" -> "a", a comma glued to the word before it; a word in another
+script is one unknown word, named as such. Words outside the vocabulary are an error unless the caller allows
 them, in which case they are dropped and reported.
 """
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from dream3d.errors import UserError
+from dream3d.text import fold_accents
 
 COLOURS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "white", "black", "brown")
 """Colour words, in label order."""
@@ -34,8 +37,11 @@ def vocabulary() -> list[str]:
 
 
 def words(text: str) -> list[str]:
-    """Lower-cased words of `text`, commas as their own word, "an" read as "a"."""
-    out = re.findall(r"[a-z0-9'\-]+|,", text.lower())
+    """Lower-cased words of `text` (NFKC, accents folded), commas as their own word, "an" read
+    as "a". A word is a run of letters or digits of any script (with ' and -); anything else
+    (spaces, punctuation, symbols, emoji) separates words."""
+    text = fold_accents(unicodedata.normalize("NFKC", text)).lower()
+    out = re.findall(r"(?:[^\W_]|['\-])+|,", text)
     return ["a" if w == "an" else w for w in out]
 
 
@@ -45,22 +51,42 @@ def normalize_prompt(text: str) -> str:
 
 
 def unknown_words(text: str) -> list[str]:
+    """The words of `text` outside the vocabulary, each once, in order."""
     known = set(vocabulary())
-    return [w for w in words(text) if w not in known]
+    return list(dict.fromkeys(w for w in words(text) if w not in known))
+
+
+def quoted_words(ws: list[str], limit: int = 40) -> str:
+    """'panda', 'on' and 3 more: as many quoted words as fit in about `limit` characters."""
+    shown: list[str] = []
+    for w in ws:
+        q = repr(w if len(w) <= 14 else w[:13] + "…")
+        if shown and sum(len(s) + 2 for s in shown) + len(q) > limit:
+            break
+        shown.append(q)
+    rest = len(ws) - len(shown)
+    return ", ".join(shown) + (f" and {rest} more" if rest else "")
 
 
 def check_prompt(text: str, allow_unknown: bool = False) -> list[str]:
-    """Return the words the embedded prior ignores; raise UserError listing the vocabulary
-    if there are any and `allow_unknown` is false."""
+    """Return the words the embedded prior ignores (each once). Raise a one-line UserError (of
+    about 300 characters at most) listing the vocabulary if there are any and `allow_unknown`
+    is false, and in any case when no colour or object word is left to train on."""
     unknown = unknown_words(text)
     if unknown and not allow_unknown:
         raise UserError(
-            f"the embedded prior does not know {', '.join(repr(w) for w in unknown)}; it knows colours "
-            f"{', '.join(COLOURS)}; objects {', '.join(OBJECTS)}; views {', '.join(VIEWS)} "
-            f"(e.g. \"a red chair, back view\"); for anything else pass --model with a real checkpoint "
-            f"(or --allow-unknown-words to drop them)"
+            f"the embedded prior does not know {quoted_words(unknown)}; it knows {' '.join(COLOURS)}, "
+            f"{' '.join(OBJECTS)}, {'/'.join(VIEWS)} view; else use --model or --allow-unknown-words"
         )
+    ws = words(text)
+    if not any(w in COLOURS or w in OBJECTS for w in ws):
+        raise UserError(f"the embedded prior finds no colour or object it knows in {_brief(text)} (e.g. "
+                        f"\"a red cube\"); for other prompts pass --model with a real checkpoint")
     return unknown
+
+
+def _brief(text: str, limit: int = 40) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 
 def clean_prompt(text: str) -> str:

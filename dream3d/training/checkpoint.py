@@ -2,7 +2,9 @@
 
 `ckpt/step-NNNNNN.safetensors` + `.json` are written under temporary names and
 renamed into place; `ckpt/latest.json` is replaced last, so a crash at any
-moment leaves the previous checkpoint readable.
+moment leaves the previous checkpoint readable. Clean-up deletes only files of the
+`step-NNNNNN.*` pattern this module writes, and `latest.json` may only name such
+files in its own folder: a stage folder that holds anything else loses nothing.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from torch import nn
 
 from dream3d.atomic import write_text_atomic
 from dream3d.errors import UserError
+from dream3d.runfolder import CHECKPOINT_FILE, run_path
 
 KEEP = 2  # checkpoints kept besides the newest
 
@@ -69,10 +72,38 @@ def save_checkpoint(
     os.replace(tmp, weights)
     write_text_atomic(state, json.dumps({"step": step, "optimizer": opt_meta, **(extra or {})}))
     write_text_atomic(ckpt_dir / "latest.json", json.dumps({"step": step, "weights": weights.name, "state": state.name}))
-    for old in sorted(ckpt_dir.glob("step-*.safetensors"))[: -(KEEP + 1)]:
-        old.unlink(missing_ok=True)
-        old.with_suffix(".json").unlink(missing_ok=True)
+    _remove_old(ckpt_dir, keep=KEEP + 1)
     return weights
+
+
+def _remove_old(ckpt_dir: Path, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints: only plain files named as `save_checkpoint`
+    names them (step-NNNNNN.safetensors / .json), never a link, a folder or any other file."""
+    steps: dict[int, list[Path]] = {}
+    for path in ckpt_dir.iterdir():
+        m = CHECKPOINT_FILE.fullmatch(path.name)
+        if m and path.is_file() and not path.is_symlink():
+            steps.setdefault(int(m.group(1)), []).append(path)
+    for step in sorted(steps)[:-keep]:
+        for path in steps[step]:
+            path.unlink(missing_ok=True)
+
+
+def read_latest(ckpt_dir: Path) -> dict | None:
+    """latest.json of a stage folder ({step, weights, state}), None when there is none; a
+    UserError when it is not what `save_checkpoint` writes (garbage, other files named)."""
+    path = ckpt_dir / "latest.json"
+    if not path.is_file():
+        return None
+    try:
+        latest = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise UserError(f"the checkpoint in {ckpt_dir} is corrupt (latest.json: {type(e).__name__})") from None
+    ok = (isinstance(latest, dict) and type(latest.get("step")) is int and latest["step"] >= 0
+          and all(isinstance(latest.get(k), str) and CHECKPOINT_FILE.fullmatch(latest[k]) for k in ("weights", "state")))
+    if not ok:
+        raise UserError(f"the checkpoint in {ckpt_dir} is corrupt (latest.json is not a checkpoint record)")
+    return latest
 
 
 def has_checkpoint(ckpt_dir: Path) -> bool:
@@ -87,10 +118,14 @@ def load_checkpoint(
 ) -> dict:
     """Restore everything in place; returns the JSON state (with 'step'). Raises
     UserError for a missing, corrupt or mismatched checkpoint."""
+    latest = read_latest(ckpt_dir)
+    if latest is None:
+        raise UserError(f"no checkpoint in {ckpt_dir}")
     try:
-        latest = json.loads((ckpt_dir / "latest.json").read_text())
-        tensors = load_file(str(ckpt_dir / latest["weights"]))
-        state = json.loads((ckpt_dir / latest["state"]).read_text())
+        tensors = load_file(str(run_path(ckpt_dir, latest["weights"])))
+        state = json.loads(run_path(ckpt_dir, latest["state"]).read_text())
+        if not isinstance(state, dict) or not isinstance(state.get("optimizer", {}), dict):
+            raise ValueError("its state is not a checkpoint record")
     except FileNotFoundError:
         raise UserError(f"no checkpoint in {ckpt_dir}") from None
     except (OSError, KeyError, ValueError, SafetensorError) as e:
@@ -106,9 +141,13 @@ def load_checkpoint(
     try:
         if optimizer is not None:
             _join_optimizer(optimizer, tensors, state["optimizer"])
-    except (KeyError, ValueError, RuntimeError) as e:
+    except (KeyError, ValueError, RuntimeError, TypeError, AttributeError) as e:
         raise UserError(f"the checkpoint in {ckpt_dir} does not match this run's optimiser ({e})") from None
-    torch.set_rng_state(tensors["rng.torch"])
-    if generator is not None:
-        generator.set_state(tensors["rng.generator"])
+    try:
+        torch.set_rng_state(tensors["rng.torch"])
+        if generator is not None:
+            generator.set_state(tensors["rng.generator"])
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise UserError(f"the checkpoint in {ckpt_dir} is corrupt (random state: {type(e).__name__})") from None
+    state["step"] = latest["step"]  # checked above; the state file of a step names the same step
     return state

@@ -18,6 +18,7 @@ from dream3d.guidance.view_groups import expand_cameras
 from dream3d.errors import UserError
 from dream3d.representations.base import Representation
 from dream3d.run import append_metrics
+from dream3d.runfolder import preview_path, stage_dir
 from dream3d.training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from dream3d.training.stop import graceful_stop
 from dream3d.types import Cameras
@@ -64,7 +65,7 @@ class Trainer:
             betas=(0.9, 0.99), eps=1e-15,
         )
         self.modules = {"representation": rep, **guidance.modules()}
-        self.ckpt_dir = run_dir / "ckpt" / stage.name
+        self.ckpt_dir = stage_dir(run_dir, stage.name)  # refused unless inside the run folder
         self.start_step = 0
         self.nan_streak = 0
 
@@ -146,7 +147,7 @@ class Trainer:
             rows.append((out.normal * 0.5 + 0.5) * out.alpha + (1 - out.alpha) * bg[:, None, None, :])
         grid = torch.cat([torch.cat(list(r), dim=1) for r in rows], dim=0)  # [rows*H, 4*W, 3]
         img = (grid.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
-        path = self.run_dir / "previews" / f"{self.stage.name}-step-{step:06d}.png"
+        path = preview_path(self.run_dir, self.stage.name, step)
         path.parent.mkdir(exist_ok=True)
         Image.fromarray(img).save(path)
         return path
