@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -144,7 +145,23 @@ def export(
         console.print(f"{name}: {path}")
 
 
-@app.command()
+class _BatchGroup(typer.core.TyperGroup):
+    """`dream3d batch FILES...` runs prompt files (as `batch run`); `dream3d batch status DIR` shows a folder."""
+
+    def parse_args(self, ctx, args):
+        # A prompt file ends in .txt/.yaml/.yml, so it can never be taken for the name `run` or `status`.
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+batch_app = typer.Typer(cls=_BatchGroup, no_args_is_help=True,
+                        help="Run prompt files (`dream3d batch FILES... [OPTIONS]`, the same as `batch run`), "
+                             "or show a batch folder's record (`dream3d batch status DIR`).")
+app.add_typer(batch_app, name="batch")
+
+
+@batch_app.command("run")
 def batch(
     files: List[Path] = typer.Argument(..., help="Prompt files: .txt (one prompt a line) or .yaml (entries with settings)."),
     out: Optional[Path] = typer.Option(None, help="Batch folder (default: outputs/<first file's name>)."),
@@ -157,7 +174,7 @@ def batch(
     set_: List[str] = typer.Option([], "--set", help="Override a config field of every entry: key=value (repeatable)."),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Score each finished run with the shipped classifier."),
 ) -> None:
-    """Run every prompt of some prompt files, one run folder each; re-run to resume. Writes batch.json."""
+    """Run every entry of some prompt files, one run folder each; re-run to resume. State in batch.db."""
     from dream3d.batch.promptfile import read_prompt_files
     from dream3d.batch.runner import BatchOptions, run_batch, summary_rows
 
@@ -187,6 +204,17 @@ def batch(
         raise typer.Exit(130)
     if not result.ok:
         raise typer.Exit(1)
+
+
+@batch_app.command("status")
+def batch_status(
+    folder: Path = typer.Argument(..., help="A batch folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print the record as JSON (what batch.json holds)."),
+) -> None:
+    """Every entry of a batch folder: state, source line, tries, error; also writes batch.json."""
+    from dream3d.batch.status import show
+
+    show(folder, as_json, Console(), console)
 
 
 @app.command()

@@ -22,7 +22,7 @@ def test_ray_batch_with_a_lost_worker(tmp_path, tiny_embedded_dir):
                                       "--ray", "local"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def first_worker_past_a_checkpoint():
-        if not (out / "batch.json").is_file():
+        if not manifest(out):
             return None
         run = out / manifest(out)[0]["id"]
         latest = run / "ckpt" / "main" / "latest.json"

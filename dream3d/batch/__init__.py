@@ -1,1 +1,1 @@
-"""Batches of runs from prompt files: parsing, the manifest, local and Ray execution."""
+"""Batches of runs from prompt files: parsing, the state (batch.db), local and Ray execution."""

@@ -1,33 +1,31 @@
-"""`batch.json`, the record of a batch folder, and the locks that let several batch
-processes share one folder.
+"""A batch folder's record of its entries: `EntryRecord`, and `batch.json`, its readable export.
 
-- The manifest is only changed under an exclusive `flock` on `.batch.lock`
-  (read, modify, write) and is written atomically, so two processes never lose
-  each other's updates and a reader never sees half a file.
-- Each entry has its own lock file in `.locks/`; the process that runs an entry
-  holds its lock (non-blocking `flock`) for the whole run, so no entry runs twice
-  at once. The kernel drops the lock when the process dies, even by SIGKILL, so
-  a stale "running" state is recognised by its free lock. Lock files are never
-  deleted: removing one while another process waits on it would split the lock.
+The record itself lives in SQLite (`batch.db`, see store.py); `batch.json` is
+written from it at the end of `dream3d batch` and by `dream3d batch status`, and a
+folder that has only a `batch.json` (an earlier dream3d kept its state there) is
+imported from it on first use. Both files may come from a shared disk, so
+`parse_manifest` checks every field's type and refuses a folder name that is not
+a plain name, with one line naming the problem.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import json
-import os
-import socket
+import re
 import time
-from collections.abc import Iterator
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dream3d.atomic import write_text_atomic
 from dream3d.errors import UserError
 
 MANIFEST = "batch.json"
+FORMAT_VERSION = 2
+"""1: the state itself (dream3d before SQLite); 2: an export of batch.db."""
+STATES = ("queued", "running", "done", "failed")
+FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+"""An entry id / run folder: one plain name inside the batch folder."""
 
 
 def now() -> str:
@@ -36,20 +34,26 @@ def now() -> str:
 
 @dataclass
 class EntryRecord:
-    """One entry's line in the manifest."""
+    """One entry of a batch folder (a row of batch.db, an item of batch.json)."""
 
     id: str
-    """Deterministic name of the entry; also its run folder under the batch folder."""
+    """Name of the entry; also its run folder under the batch folder."""
     prompt: str
     """The text prompt."""
     source: str
-    """`file:line` where the entry was written."""
+    """`file:line` where the entry was last seen, as the file was named on the command line."""
     spec: dict[str, Any] = field(default_factory=dict)
-    """The entry's fields (seed, preset, guidance, steps, set)."""
+    """The entry's fields (seed, preset, guidance, steps, set; a malformed entry's error)."""
+    file: str = ""
+    """The prompt file's resolved path: with `occurrence` and `spec`, the entry's identity."""
+    line: int | None = None
+    """1-based line in that file."""
+    occurrence: int = 0
+    """Which entry of that file with these same settings this is (0: the first)."""
     state: str = "queued"
     """queued, running, done or failed."""
     error: str | None = None
-    """Why the last try failed."""
+    """Why the last try failed (one line)."""
     run_dir: str | None = None
     """Run folder, relative to the batch folder."""
     attempts: int = 0
@@ -69,84 +73,101 @@ class EntryRecord:
     """Summary of the run's eval.json (object / colour accuracy, R-precision, Janus rate)."""
     history: list[dict[str, Any]] = field(default_factory=list)
     """One item per try: number, host, pid, started, ended, outcome, resumed_from, error."""
+    claim: dict[str, Any] | None = None
+    """While running: the claimant (host, pid, since) and whether it is still alive."""
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "EntryRecord":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
-@dataclass
-class ManifestData:
-    entries: dict[str, EntryRecord] = field(default_factory=dict)
-    created: str = field(default_factory=now)
-    updated: str = field(default_factory=now)
+# ---------------------------------------------------------------- reading batch.json defensively
 
-    def to_json(self) -> str:
-        return json.dumps({"version": 1, "created": self.created, "updated": self.updated,
-                           "entries": [dataclasses.asdict(e) for e in self.entries.values()]}, indent=2) + "\n"
+_TYPES: dict[str, tuple[type, ...]] = {
+    "prompt": (str,), "source": (str,), "spec": (dict,), "file": (str,), "line": (int, type(None)),
+    "occurrence": (int,), "state": (str,), "error": (str, type(None)), "run_dir": (str, type(None)),
+    "attempts": (int,), "failures": (int,), "queued": (str, type(None)), "started": (str, type(None)),
+    "finished": (str, type(None)), "seconds": (int, float, type(None)), "timings": (dict,),
+    "eval": (dict, type(None)), "history": (list,), "claim": (dict, type(None)),
+}
 
-    @classmethod
-    def from_json(cls, text: str) -> "ManifestData":
+
+def describe(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40] + '...' if len(text) > 40 else text}"
+
+
+def check_record(data: Any) -> EntryRecord:
+    """An EntryRecord from one item of batch.json; ValueError naming the first bad field."""
+    if not isinstance(data, dict):
+        raise ValueError(f"an entry must be a mapping, got {describe(data)}")
+    entry_id = data.get("id")
+    if not isinstance(entry_id, str) or not FOLDER_NAME.fullmatch(entry_id):
+        raise ValueError(f"'id' must be a plain folder name, got {describe(entry_id)}")
+    for key, types in _TYPES.items():
+        if key in data and (not isinstance(data[key], types) or isinstance(data[key], bool)):
+            raise ValueError(f"entry '{entry_id}': '{key}' has the wrong type ({describe(data[key])})")
+    if "prompt" not in data:
+        raise ValueError(f"entry '{entry_id}' has no 'prompt'")
+    if data.get("state", "queued") not in STATES:
+        raise ValueError(f"entry '{entry_id}': unknown state {describe(data['state'])}")
+    run_dir = data.get("run_dir") or entry_id
+    if not FOLDER_NAME.fullmatch(run_dir):
+        raise ValueError(f"entry '{entry_id}': 'run_dir' must be a plain folder name, got {describe(run_dir)}")
+    if any(not isinstance(h, dict) for h in data.get("history", [])):
+        raise ValueError(f"entry '{entry_id}': 'history' must be a list of mappings")
+    names = {f.name for f in dataclasses.fields(EntryRecord)}
+    rec = EntryRecord(**{"source": "", **{k: v for k, v in data.items() if k in names}})
+    rec.run_dir = run_dir
+    if not rec.file:  # version 1: the file is the part of `source` before the line number
+        rec.file, _, line = rec.source.rpartition(":")
+        rec.line = int(line) if line.isdigit() else None
+        rec.file = rec.file or rec.source
+    return rec
+
+
+def parse_manifest(text: str, path: Path) -> list[EntryRecord]:
+    """The entries of a batch.json text, in order; a UserError of one line for any problem."""
+    hint = "move it away to start afresh"
+    try:
         data = json.loads(text)
-        entries = [EntryRecord.from_dict(e) for e in data.get("entries", [])]
-        return cls({e.id: e for e in entries}, data.get("created", now()), data.get("updated", now()))
-
-
-class Manifest:
-    """The batch folder's `batch.json`: read freely, changed only inside `edit()`."""
-
-    def __init__(self, out_dir: Path):
-        self.out_dir = Path(out_dir)
-        self.path = self.out_dir / MANIFEST
-        self.lock_path = self.out_dir / ".batch.lock"
-
-    def read(self) -> ManifestData:
-        if not self.path.is_file():
-            return ManifestData()
+    except ValueError as e:
+        raise UserError(f"{path} is not a batch record (not JSON: {e}); {hint}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("entries", []), list):
+        raise UserError(f"{path} is not a batch record (a mapping with a list of 'entries' expected, got "
+                        f"{describe(data)}); {hint}")
+    version = data.get("version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
+        raise UserError(f"{path}: unknown batch record version {describe(version)}; {hint}")
+    records, ids = [], set()
+    for i, item in enumerate(data.get("entries", []), start=1):
         try:
-            return ManifestData.from_json(self.path.read_text())
-        except (ValueError, TypeError) as e:
-            raise UserError(f"{self.path} is not a batch manifest ({e}); move it away to start afresh") from None
-
-    @contextlib.contextmanager
-    def edit(self) -> Iterator[ManifestData]:
-        """Read, let the caller modify, write atomically, all under the manifest lock."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                data = self.read()
-                yield data
-                data.updated = now()
-                write_text_atomic(self.path, data.to_json())
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+            rec = check_record(item)
+        except ValueError as e:
+            raise UserError(f"{path}: entry {i}: {e}; {hint}") from None
+        if rec.id in ids:
+            raise UserError(f"{path}: entry {i}: the id '{rec.id}' appears twice; {hint}")
+        ids.add(rec.id)
+        records.append(rec)
+    return records
 
 
-class EntryLock:
-    """Exclusive, non-blocking lock on one entry, held while the entry runs."""
+def read_records(folder: Path) -> list[dict[str, Any]]:
+    """A batch folder's entries as plain dicts (the export's items), for readers such
+    as the gallery: from batch.db when there is one, else batch.json; never raises for
+    a broken or foreign file (it warns in one line and gives what it could read)."""
+    from dream3d.batch.store import DB_NAME, read_db
 
-    def __init__(self, out_dir: Path, entry_id: str):
-        self.path = Path(out_dir) / ".locks" / f"{entry_id}.lock"
-        self.fd: int | None = None
-
-    def try_acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o666)
+    folder = Path(folder)
+    if (folder / DB_NAME).is_file():
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        # Who holds it, for a person looking at a stuck batch (the lock itself is the flock).
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
-        self.fd = fd
-        return True
-
-    def release(self) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
+            return [r.to_dict() for r in read_db(folder)]
+        except UserError as e:
+            warnings.warn(f"{e}; reading {MANIFEST} instead", stacklevel=2)
+    path = folder / MANIFEST
+    if not path.is_file():
+        return []
+    try:
+        return [r.to_dict() for r in parse_manifest(path.read_text(encoding="utf-8", errors="replace"), path)]
+    except (UserError, OSError) as e:
+        warnings.warn(f"{e}; its batch entries are left out", stacklevel=2)
+        return []

@@ -1,7 +1,7 @@
 """Batch entries as Ray tasks: `dream3d batch FILE --ray auto | ray://host:10001 | local`.
 
 Each entry is one task (one GPU when the cluster has GPUs, else one CPU). The
-driver (this process) keeps the manifest and the entry locks; a task only runs
+driver (this process) keeps the state (batch.db) and the claims; a task only runs
 `execute` and returns its Outcome. A task whose worker was lost (killed, out of
 memory, node gone) raises a Ray error here; the scheduler retries it and the new
 task resumes from the run's last checkpoint.
@@ -91,7 +91,7 @@ class RayExecutor:
         resources = self.ray.cluster_resources()
         self.gpus = resources.get("GPU", 0) > 0
         self.capacity = int(resources.get("GPU" if self.gpus else "CPU", 1))
-        # Ray's own retries would hide a lost worker from the manifest: the scheduler retries instead.
+        # Ray's own retries would hide a lost worker from the record: the scheduler retries instead.
         options = {"num_gpus": 1} if self.gpus else {"num_cpus": 1}
         self.task = self.ray.remote(max_retries=0, **options)(run_remote)
         self.refs: dict = {}  # ObjectRef -> Job

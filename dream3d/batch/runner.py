@@ -1,18 +1,18 @@
 """`dream3d batch`: run every entry of some prompt files, each in its own run folder.
 
 The scheduler here is the same for every executor (this process, local worker
-processes, Ray): it plans the entries (resolving each one's config with the
-presets exactly as `generate` does), claims an entry by taking its lock and
-marking it running in the manifest, hands the job to the executor, and records
-the outcome. Only this process writes the manifest; workers only write their
-run folder.
+processes, Ray): it plans the entries (each line of a prompt file its own entry,
+named by its file, settings and occurrence), registers them in the folder's
+batch.db, and then, entry by entry, resolves its config with the presets exactly
+as `generate` does (lazily: 10,000 entries are queued in about a second), claims
+it in one transaction, hands the job to the executor, and records the outcome.
+Only this process writes the state; workers only write their run folder.
 """
 from __future__ import annotations
 
 import io
 import os
 import shutil
-import socket
 import tarfile
 import tempfile
 import time
@@ -25,16 +25,17 @@ from rich.console import Console
 from rich.markup import escape
 
 from dream3d.batch.job import Job, Outcome, run_status
-from dream3d.batch.manifest import EntryLock, EntryRecord, Manifest, now
-from dream3d.batch.promptfile import PromptEntry, run_name
+from dream3d.batch.manifest import now
+from dream3d.batch.promptfile import PromptEntry, canonical, entry_id, entry_key, one_line
 from dream3d.batch.progress import BatchProgress
+from dream3d.batch.store import BatchStore
 from dream3d.errors import UserError
 
 
 @dataclass
 class BatchOptions:
     out: Path = Path("outputs/batch")
-    """The batch folder: batch.json and one run folder per entry."""
+    """The batch folder: batch.db (its state), batch.json (an export) and one run folder per entry."""
     workers: int = 1
     """Local worker processes (1: run in this process)."""
     ray: str | None = None
@@ -61,12 +62,16 @@ class Planned:
 
     entry: PromptEntry
     id: str
+    """Its folder name (the store's, once registered)."""
+    key: str = ""
+    """Its identity: file, settings and occurrence (promptfile.entry_key)."""
+    occurrence: int = 0
+    """Which entry of its file with the same settings it is (0: the first)."""
     spec: dict[str, Any] = field(default_factory=dict)
-    """What the id is made from: the entry's fields and the batch-wide --model / --set."""
+    """What the key is made from with the file: the entry's fields and the batch-wide --model / --set."""
     job: Job | None = None
     error: str | None = None
     tries: int = 0
-    lock: EntryLock | None = None
 
 
 @dataclass
@@ -83,45 +88,44 @@ class BatchResult:
 # ---------------------------------------------------------------- planning
 
 
-def plan(entries: list[PromptEntry], opts: BatchOptions) -> list[Planned]:
-    """One Planned per distinct entry; an entry written twice (same fields) runs once."""
-    from dream3d import config as config_mod
-    from dream3d import presets
-
-    out, seen = [], set()
+def plan(entries: list[PromptEntry], opts: BatchOptions, resolve: bool = True) -> list[Planned]:
+    """One Planned per entry, every line its own (a line written twice is two entries).
+    `resolve`: build each job now (else `prepare` does it when the entry comes up)."""
+    out, counts = [], {}
     for entry in entries:
         spec = entry.spec()
-        if opts.model is not None:
-            spec["model"] = opts.model
-        if opts.overrides:
-            spec["overrides"] = list(opts.overrides)
-        entry_id = run_name(spec)
-        if entry_id in seen:
-            continue
-        seen.add(entry_id)
-        p = Planned(entry, entry_id, spec, error=entry.error)
-        if p.error is None:
-            try:
-                flags = presets.run_flags(entry.prompt, seed=entry.seed, guidance=entry.guidance, steps=entry.steps)
-                flags.update(entry.set)
-                flags.update({k: v for k, v in (("model", opts.model), ("device", opts.device)) if v is not None})
-                cfg = presets.resolve(entry.preset, flags, list(opts.overrides))
-                p.job = Job(entry_id, str((opts.out / entry_id).resolve()), config_mod.run_config_to_dict(cfg),
-                            total_steps=sum(s.train.steps for s in cfg.stages), evaluate=opts.evaluate)
-            except UserError as e:
-                p.error = str(e)
+        if entry.error is None:
+            if opts.model is not None:
+                spec["model"] = opts.model
+            if opts.overrides:
+                spec["overrides"] = list(opts.overrides)
+        occurrence = counts.get((entry.file, canonical(spec)), 0)
+        counts[(entry.file, canonical(spec))] = occurrence + 1
+        key = entry_key(entry.file, occurrence, spec)
+        p = Planned(entry, entry_id(spec, key), key, occurrence, spec, error=entry.error)
+        if resolve:
+            prepare(p, opts)
         out.append(p)
     return out
 
 
-def register(manifest: Manifest, planned: list[Planned]) -> set[str]:
-    """Add this invocation's new entries to the manifest as queued; returns those done already."""
-    with manifest.edit() as m:
-        for p in planned:
-            if p.id not in m.entries:
-                m.entries[p.id] = EntryRecord(p.id, p.entry.prompt, p.entry.source, spec=p.spec,
-                                              run_dir=p.id, queued=now())
-        return {p.id for p in planned if m.entries[p.id].state == "done"}
+def prepare(p: Planned, opts: BatchOptions) -> None:
+    """Resolve the entry's config as `generate` does: sets `p.job`, or `p.error` (one line)."""
+    from dream3d import config as config_mod
+    from dream3d import presets
+
+    if p.job is not None or p.error is not None:
+        return
+    entry = p.entry
+    try:
+        flags = presets.run_flags(entry.prompt, seed=entry.seed, guidance=entry.guidance, steps=entry.steps)
+        flags.update(entry.set)
+        flags.update({k: v for k, v in (("model", opts.model), ("device", opts.device)) if v is not None})
+        cfg = presets.resolve(entry.preset, flags, list(opts.overrides))
+        p.job = Job(p.id, str((opts.out / p.id).resolve()), config_mod.run_config_to_dict(cfg),
+                    total_steps=sum(s.train.steps for s in cfg.stages), evaluate=opts.evaluate)
+    except UserError as e:
+        p.error = one_line(str(e))
 
 
 # ---------------------------------------------------------------- claiming and recording
@@ -129,66 +133,33 @@ def register(manifest: Manifest, planned: list[Planned]) -> set[str]:
 
 class Batch:
     def __init__(self, planned: list[Planned], opts: BatchOptions, executor, progress: BatchProgress,
-                 done_at_start: set[str]):
+                 done_at_start: set[str], store: BatchStore):
         self.planned, self.opts, self.executor, self.progress = planned, opts, executor, progress
         self.done_at_start = done_at_start
-        self.manifest = Manifest(opts.out)
+        self.store = store
         self.started = now()
         self.result = BatchResult({p.id: "queued" for p in planned})
         self.stop = False
 
     def claim(self, p: Planned) -> str:
-        """'run' (locked and marked running), 'busy' (another process has it), or a final state."""
-        lock = EntryLock(self.opts.out, p.id)
-        if not lock.try_acquire():
-            return "busy"
-        with self.manifest.edit() as m:
-            rec = m.entries[p.id]
-            if rec.state == "done" and run_status(self.opts.out / rec.run_dir) == "done":
-                final = "done"
-            elif rec.state == "failed" and p.tries == 0 and (rec.finished or "") >= self.started:
-                final = "failed"  # another process gave up on it while this one waited
-            elif p.error is not None:
-                rec.state, rec.error, rec.finished = "failed", p.error, now()
-                final = "failed"
-            else:
-                if rec.history and rec.history[-1].get("outcome") is None:  # its process died mid-run
-                    rec.history[-1].update(outcome="lost", error="the batch process stopped during this try")
-                rec.state, rec.error, rec.started = "running", None, now()
-                rec.attempts += 1
-                rec.history.append({"attempt": rec.attempts, "host": socket.gethostname(), "pid": os.getpid(),
-                                    "started": rec.started, "ended": None, "outcome": None})
-                final = "run"
-        if final != "run":
-            lock.release()
-        else:
-            p.lock = lock
+        """'run' (marked running under this process), 'busy' (another process has it), or a final state."""
+        if p.entry.error is not None:
+            return "failed"  # malformed: recorded as failed when it was registered
+        if p.job is None and p.error is None:
+            state, run_dir = self.store.peek(p.id)
+            if state == "done" and run_status(self.opts.out / run_dir) == "done":
+                return "done"  # no need to resolve its config
+            prepare(p, self.opts)
+        final = self.store.claim(p.id, p.tries, self.started, error=p.error)
+        if final == "run":
             p.tries += 1
         return final
 
     def record(self, p: Planned, outcome: Outcome) -> str:
-        """Write the outcome into the manifest, release the entry; returns its state."""
+        """Write the outcome into the store, release the entry; returns its state."""
         if outcome.archive is not None:
             unpack_run(outcome.archive, self.opts.out / p.id)
-        with self.manifest.edit() as m:
-            rec = m.entries[p.id]
-            state = "done" if outcome.ok else "queued" if outcome.interrupted else "failed"
-            rec.history[-1].update(ended=now(), outcome=state if state != "queued" else "interrupted",
-                                   error=outcome.error, seconds=outcome.seconds, resumed_from=outcome.resumed_from,
-                                   worker=f"{outcome.host}:{outcome.pid}")
-            rec.state, rec.error = state, outcome.error
-            rec.seconds = round((rec.seconds or 0.0) + outcome.seconds, 2)
-            rec.timings = outcome.timings or rec.timings
-            if state != "queued":
-                rec.finished = now()
-            if outcome.ok:
-                rec.eval = outcome.eval
-            elif not outcome.interrupted:
-                rec.failures += 1
-        if p.lock is not None:
-            p.lock.release()
-            p.lock = None
-        return state
+        return self.store.record(p.id, outcome)
 
     # ---------------------------------------------------------------- the loop
 
@@ -231,7 +202,7 @@ class Batch:
             self.progress.follow(self.executor.running())
         outcomes = self.executor.poll(0.5) if running else []
         if not outcomes and not running and deferred:
-            time.sleep(0.5)  # only other processes' entries are left: wait for their locks
+            time.sleep(0.5)  # only other processes' entries are left: wait for their claims
         for outcome in outcomes:
             p = running.pop(outcome.id)
             state = self.record(p, outcome)
@@ -248,7 +219,7 @@ class Batch:
     def finished(self, p: Planned, state: str, skipped: bool = False) -> None:
         self.result.states[p.id] = state
         if state == "failed":
-            reason = p.error or self.manifest.read().entries[p.id].error
+            reason = p.error or self.store.get(p.id).error
             self.progress.print(f"[red]failed[/] {escape(p.entry.source)} {p.id}: {escape(str(reason))}",
                                 highlight=False, soft_wrap=True)
             self.stop = self.stop or self.opts.fail_fast
@@ -285,24 +256,31 @@ def run_batch(entries: list[PromptEntry], opts: BatchOptions, console: Console |
     except OSError as e:
         raise UserError(f"cannot create the batch folder {opts.out}: {e.strerror}") from None
     console = console or Console(stderr=True)
-    planned = plan(entries, opts)
-    manifest = Manifest(opts.out)
-    already = register(manifest, planned)
-    executor = make_executor(opts)  # first: a cluster that cannot be reached stops the batch before any bar
-    with BatchProgress(console, len(planned), len(already), enabled=opts.progress) as progress:
-        if executor.live_progress:
-            executor.make_callbacks = progress.callbacks
-        batch = Batch(planned, opts, executor, progress, already)
+    planned = plan(entries, opts, resolve=False)
+    store = BatchStore(opts.out, claims=True)  # imports a batch.json of an earlier dream3d on first use
+    try:
+        already = store.register(planned)
+        executor = make_executor(opts)  # first: a cluster that cannot be reached stops the batch before any bar
+        with BatchProgress(console, len(planned), len(already), enabled=opts.progress) as progress:
+            if executor.live_progress:
+                executor.make_callbacks = progress.callbacks
+            batch = Batch(planned, opts, executor, progress, already, store)
+            try:
+                result = batch.run()
+            except KeyboardInterrupt:
+                batch.result.interrupted = True
+                result = batch.result
+            finally:
+                executor.close()
         try:
-            result = batch.run()
-        except KeyboardInterrupt:
-            batch.result.interrupted = True
-            result = batch.result
-        finally:
-            executor.close()
-            for p in planned:  # an entry still locked here never got its outcome: leave it to be resumed
-                if p.lock is not None:
-                    p.lock.release()
+            store.export()
+        except (UserError, OSError) as e:
+            console.print(f"[yellow]warning[/]: batch.json not written: {escape(str(e))}", highlight=False,
+                          soft_wrap=True)
+    finally:
+        # An entry still claimed here never got its outcome: closing drops this process's claim
+        # lock, so the next batch process sees its claimant gone and resumes it from its checkpoint.
+        store.close()
     return result
 
 
@@ -320,6 +298,6 @@ def unpack_run(archive: bytes, run_dir: Path) -> None:
 
 
 def summary_rows(out: Path, ids: list[str]) -> list[dict[str, Any]]:
-    """The manifest records of these entries, for the closing table."""
-    entries = Manifest(out).read().entries
-    return [vars(entries[i]) for i in ids if i in entries]
+    """The records of these entries, for the closing table."""
+    with BatchStore(out) as store:
+        return [r.to_dict() for r in store.records(ids)]

@@ -237,6 +237,13 @@ def _inside(path: Path, root: Path) -> bool:
 
 def read_batch_entries(root: Path, warn: Warn) -> list[Any]:
     """The raw entries of the batch state in `root`, in manifest order ([] without a batch)."""
+    from dream3d.batch.store import DB_NAME, read_db
+
+    if (root / DB_NAME).is_file():  # the state itself; batch.json is its export, written at the end
+        try:
+            return [r.to_dict() for r in read_db(root)]
+        except UserError as e:
+            warn(f"ignored the batch database: {e}; reading batch.json instead")
     path = root / "batch.json"
     if not path.exists():
         return []
