@@ -386,8 +386,9 @@ def test_gaussians_to_dmtet_carries_the_gaussians_colours():
     colours = torch.where(points[:, 1:2] > 0, red, blue)  # red above, blue below
     splats = Gaussians(GaussianConfig(n_init=10, init_opacity=0.8))
     splats.initialize(points, colours)
-    mesh = DMTet(small_config(grid_resolution=32))
+    mesh = DMTet(small_config(grid_resolution=32, freeze_texture=True))  # a geometry stage's texture is fitted too
     convert(splats, mesh)
+    assert not any(p.requires_grad for p in mesh.albedo_field.parameters())
     verts, _ = mesh.mesh()
     with torch.no_grad():
         albedo = mesh.albedo(verts)

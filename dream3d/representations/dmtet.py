@@ -173,7 +173,11 @@ class DMTet(Representation):
         gen = torch.Generator().manual_seed(seed)
         tri = verts[faces]  # [F, 3, 3]
         area = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]).norm(dim=-1).cpu()
-        opt = torch.optim.Adam(self._texture_params(), lr=FIT_LR)
+        params = self._texture_params()
+        frozen = [not p.requires_grad for p in params]
+        for p in params:  # a stage that keeps its texture fixed (freeze_texture) still starts from these colours
+            p.requires_grad_(True)
+        opt = torch.optim.Adam(params, lr=FIT_LR)
         error = float("nan")
         for _ in range(steps):
             pick = torch.multinomial(area + 1e-12, points, replacement=True, generator=gen).to(verts.device)
@@ -188,6 +192,8 @@ class DMTet(Representation):
             loss.backward()
             opt.step()
             error = float(loss.detach())
+        for p, keep in zip(params, frozen):
+            p.requires_grad_(not keep)
         return error
 
     # ------------------------------------------------------------ geometry
