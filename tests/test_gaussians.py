@@ -272,8 +272,10 @@ def test_ply_reader_accepts_ascii_and_rejects_other_files(tmp_path):
 
 
 # ---------------------------------------------------------------- mesh
-def test_mesh_of_one_gaussian_is_its_level_sphere():
-    rep = small(n_init=1, mesh_threshold=0.5)
+@pytest.mark.parametrize("smoothing", [0.0, 0.04])
+def test_mesh_of_one_gaussian_is_its_level_sphere(smoothing):
+    """A Gaussian blurred by s is a Gaussian of variance sigma^2 + s^2 and peak (sigma^2 / (sigma^2 + s^2))^1.5."""
+    rep = small(n_init=1, mesh_threshold=0.5, mesh_smoothing=smoothing)
     sigma = 0.2
     with torch.no_grad():
         rep.means.zero_()
@@ -281,7 +283,9 @@ def test_mesh_of_one_gaussian_is_its_level_sphere():
         rep.opacity_logits.fill_(20.0)  # opacity 1
         rep.sh0.copy_(((torch.tensor([0.9, 0.2, 0.1]) - 0.5) / SH_C0).view(1, 1, 3))
     mesh = rep.extract_mesh(48)
-    radius = sigma * math.sqrt(2 * math.log(2.0))  # exp(-r^2 / 2 sigma^2) = 0.5
+    wide = math.sqrt(sigma**2 + smoothing**2)
+    peak = (sigma / wide) ** 3
+    radius = wide * math.sqrt(2 * math.log(peak / 0.5))  # peak exp(-r^2 / 2 wide^2) = 0.5
     r = mesh.vertices.norm(dim=-1)
     assert abs(r.mean().item() - radius) < 0.01 and (r - radius).abs().max().item() < 0.03
     v = mesh.vertices[mesh.faces]  # counter-clockwise from outside: positive signed volume

@@ -46,7 +46,7 @@ def _gaussians_to_dmtet(previous, new, resolution: int = 96) -> None:
     level, and the texture field is fitted to their colours there (density-weighted, as in
     their mesh export), so a texture stage starts from the Gaussians' look."""
     with torch.no_grad():
-        density, weighted = previous.density_grid(resolution)
+        density, weighted = previous.surface_grid(resolution)
     peak = float(density.max())
     if not peak > 1e-6:
         raise UserError("the previous Gaussian stage is empty: nothing to build a mesh from")
