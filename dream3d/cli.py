@@ -119,6 +119,9 @@ def _given_options(ctx: typer.Context, but: tuple[str, ...] = ()) -> list[str]:
     return given
 
 
+EXPORT_FLAGS = {"mesh_resolution": "--resolution", "texture_size": "--texture", "decimate_faces": "--decimate"}
+
+
 @app.command()
 def export(
     run_dir: Path = typer.Argument(..., help="A run folder."),
@@ -130,17 +133,22 @@ def export(
     panels: Optional[List[str]] = typer.Option(None, "--panel", help="Video panel: rgb, normal, depth (repeatable)."),
     decimate: Optional[int] = typer.Option(None, help="Decimate the mesh to about this many faces."),
 ) -> None:
-    """Rebuild the mesh and video from a run folder alone."""
+    """Rebuild the mesh and video from a run folder alone. All files of the export are replaced
+    together; a failed, interrupted or killed export keeps the earlier ones."""
     from dream3d import pipeline
+    from dream3d.limits import check_export_values
 
     formats = list(format) if format else None
-    if resolution is not None and resolution < 8:
-        raise UserError(f"--resolution must be at least 8, got {resolution}")
-    if texture is not None and 0 < texture < 16:
-        raise UserError(f"--texture must be 0 or at least 16, got {texture}")
-    files = pipeline.export_run(run_dir, mesh=mesh, video=video, formats=formats, mesh_resolution=resolution,
-                                texture_size=texture, video_panels=list(panels) if panels else None,
-                                decimate_faces=decimate)
+    settings = {"mesh_resolution": resolution, "texture_size": texture, "decimate_faces": decimate}
+    check_export_values(settings, EXPORT_FLAGS)  # the checks config.validate runs, before the run is loaded
+    try:
+        files = pipeline.export_run(run_dir, names=EXPORT_FLAGS, mesh=mesh, video=video, formats=formats,
+                                    video_panels=list(panels) if panels else None, **settings)
+    except KeyboardInterrupt as e:
+        console.print(f"[yellow]interrupted[/] by {getattr(e, 'signal_name', 'SIGINT')}: the export stopped and the "
+                      f"files of the earlier export were kept; run `dream3d export {escape(str(run_dir))}` again",
+                      highlight=False, soft_wrap=True)
+        raise typer.Exit(130)
     for name, path in files.items():
         console.print(f"{name}: {path}")
 
@@ -398,6 +406,15 @@ def main() -> None:
         if STATE["debug"]:
             raise
         console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except OSError as e:  # a full disk outside the writers that say where and how much (config.yaml, ...)
+        from dream3d.atomic import is_disk_full
+
+        if STATE["debug"] or not is_disk_full(e):
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        console.print(f"[red]error:[/] the disk is full{escape(where)} ({escape(e.strerror or str(e))})",
+                      highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

@@ -374,8 +374,10 @@ def validate(cfg: RunConfig) -> None:
                                 f"known: {', '.join(sorted(known))}")
     if not cfg.export.video_panels:
         raise UserError(f"export.video_panels: choose one or more of {', '.join(VIDEO_PANELS)}")
-    if 0 < cfg.export.texture_size < 16:
-        raise UserError(f"export.texture_size must be 0 (vertex colours) or at least 16, got {cfg.export.texture_size}")
+    from dream3d.limits import check_export, check_seed
+
+    check_seed(cfg.seed)
+    check_export(cfg.export)  # the export's ranges, so a bad one fails before training (memory: pipeline)
 
 
 def run_config_to_dict(cfg: RunConfig) -> dict:

@@ -12,7 +12,8 @@ from dream3d import config as config_mod
 from dream3d import registry
 from dream3d.config import RunConfig
 from dream3d.errors import UserError
-from dream3d.run import RunInfo, check_run_dir, new_run_dir, versions
+from dream3d.limits import check_memory as check_export_memory
+from dream3d.run import RunInfo, check_run_dir, new_run_dir, tidy_run_folder, versions
 from dream3d.runfolder import run_lock, stage_dir
 from dream3d.training.checkpoint import has_checkpoint, load_checkpoint, read_latest
 
@@ -108,6 +109,7 @@ def _generate(cfg, out_root, resume, on_start, on_step, run_dir, held: contextli
             raise UserError(f"{run_dir} has no checkpoint to resume from")
     assert cfg is not None
     check_chain(cfg)
+    check_export_memory(cfg.export)  # the export's grid, texture and video must fit: known before training
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     prior, prompt = load_prior_for(cfg, device)
@@ -118,6 +120,7 @@ def _generate(cfg, out_root, resume, on_start, on_step, run_dir, held: contextli
             run_dir = fixed_run_dir(Path(run_dir))
         held.enter_context(run_lock(run_dir))
         config_mod.save(cfg, run_dir / "config.yaml")
+    tidy_run_folder(run_dir)  # temporary files and half-done renames a killed process left
     info = RunInfo(run_dir)
     info.update(status="running", prompt=cfg.prompt, seed=cfg.seed, device=str(device), versions=versions(),
                 started=info.data.get("started", time.strftime("%Y-%m-%dT%H:%M:%S")))
@@ -180,29 +183,63 @@ def load_run(run_dir: Path, device: torch.device | None = None):
     return cfg, rep
 
 
-def export_run(run_dir: Path, rep=None, cfg: RunConfig | None = None, **overrides) -> dict[str, Path]:
-    """Write the mesh files and turntable video of a run; `overrides` replace export.* fields."""
+def export_run(run_dir: Path, rep=None, cfg: RunConfig | None = None, names: dict[str, str] | None = None,
+               **overrides) -> dict[str, Path]:
+    """Write the mesh files and turntable video of a run; `overrides` replace export.* fields
+    (`names`: what the user called them, for messages, e.g. {"mesh_resolution": "--resolution"}).
+
+    Before anything is allocated the settings are range-checked and the memory the grid,
+    texture and turntable need is compared with the memory available; temporary files a
+    killed export left are removed first. All files of the export are replaced together.
+    SIGINT / SIGTERM stop it at once (`Interrupted`, a KeyboardInterrupt), leaving the earlier
+    files. A failure is recorded in run.json: status `failed` (or `interrupted`) with stage
+    `export` and the error, unless the run was already `done` (its earlier files are intact):
+    then only `export_error` is set."""
     from dream3d.export.run_export import export_representation
+    from dream3d.limits import check_export, check_memory
+    from dream3d.training.stop import interrupt_on_signal
 
     # one process per run: an export waits for no training run (nor one for it); reentrant from generate
-    with run_lock(check_run_dir(run_dir)):
+    with interrupt_on_signal(), run_lock(check_run_dir(run_dir)):
         if rep is None or cfg is None:
             cfg, rep = load_run(run_dir)
         ex = cfg.export
         for k, v in overrides.items():
             if v is not None:
                 setattr(ex, k, v)
+        check_export(ex, names)
+        check_memory(ex, names)
+        tidy_run_folder(run_dir)
         t0 = time.perf_counter()
-        files = export_representation(
-            rep, run_dir, mesh=ex.mesh, video=ex.video, formats=ex.formats, mesh_resolution=ex.mesh_resolution,
-            video_resolution=ex.video_resolution, n_frames=ex.video_frames, background=ex.background,
-            camera_cfg=cfg.camera, decimate_faces=ex.decimate_faces or None, texture_size=ex.texture_size,
-            video_panels=ex.video_panels,
-        )
-        if ex.mesh and rep.has("save_splats"):  # the splats themselves, for 3DGS viewers
-            files["gaussians"] = rep.save_splats(run_dir / "gaussians.ply")
+        try:
+            files = export_representation(
+                rep, run_dir, mesh=ex.mesh, video=ex.video, formats=ex.formats, mesh_resolution=ex.mesh_resolution,
+                video_resolution=ex.video_resolution, n_frames=ex.video_frames, background=ex.background,
+                camera_cfg=cfg.camera, decimate_faces=ex.decimate_faces or None, texture_size=ex.texture_size,
+                video_panels=ex.video_panels,
+            )
+            if ex.mesh and rep.has("save_splats"):  # the splats themselves, for 3DGS viewers
+                files["gaussians"] = rep.save_splats(run_dir / "gaussians.ply")
+        except (Exception, KeyboardInterrupt) as e:
+            _record_export_failure(run_dir, e)
+            raise
         info = RunInfo(run_dir)
         timings = dict(info.data.get("timings", {}))
         timings["export_seconds"] = round(time.perf_counter() - t0, 2)
-        info.update(timings=timings, exports=sorted(p.name for p in files.values()))
+        fixed = {"status": "done", "error": None} if info.data.get("stage") == "export" else {}  # it failed before
+        info.update(timings=timings, exports=sorted(p.name for p in files.values()), export_error=None, **fixed)
         return files
+
+
+def _record_export_failure(run_dir: Path, error: BaseException) -> None:
+    """run.json after a failed export; never hides the export's own error (the disk may be full)."""
+    interrupted = isinstance(error, KeyboardInterrupt)
+    reason = f"interrupted by {getattr(error, 'signal_name', 'SIGINT')}" if interrupted else str(error)
+    try:
+        info = RunInfo(run_dir)
+        if info.data.get("status") == "done":
+            info.update(export_error=reason)
+        else:
+            info.update(status="interrupted" if interrupted else "failed", stage="export", error=reason)
+    except (OSError, UserError):
+        pass

@@ -14,7 +14,7 @@ import yaml
 
 from dream3d import __version__
 from dream3d.errors import UserError
-from dream3d.atomic import write_text_atomic
+from dream3d.atomic import DiskFull, free_bytes, is_disk_full, recover_folder, write_text_atomic
 
 
 def slugify(prompt: str, max_len: int = 48) -> str:
@@ -68,14 +68,68 @@ class RunInfo:
             raise UserError(f"{self.path}: 'timings' must be a mapping, got {describe(self.data['timings'])}")
 
     def update(self, **fields) -> None:
+        """Merge `fields` into run.json as it is on disk now: another RunInfo of the same run
+        (the export's, inside `generate`) may have written fields since this one read it."""
+        if self.path.is_file():
+            try:
+                self.data = {**self.data, **read_json_record(self.path)}
+            except UserError:
+                pass  # unreadable now: rewrite it from what this process knows
         self.data.update(fields)
         self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         write_text_atomic(self.path, json.dumps(self.data, indent=2))
 
 
 def append_metrics(run_dir: Path, row: dict) -> None:
-    with open(run_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
+    line = json.dumps(row) + "\n"
+    try:
+        with open(run_dir / "metrics.jsonl", "a") as f:
+            f.write(line)
+    except OSError as e:
+        if is_disk_full(e):
+            raise DiskFull(run_dir, len(line), free_bytes(run_dir), "writing metrics.jsonl") from None
+        raise
+
+
+def trim_metrics(run_dir: Path, stage: str, step: int) -> int:
+    """Drop the rows of `stage` after `step` from metrics.jsonl, and lines a kill cut short,
+    so a stage resumed from its checkpoint at `step` logs no step twice. Returns the number of
+    lines dropped (the file is rewritten atomically, and only when there is any)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    keep, dropped = [], 0
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict) or (row.get("stage") == stage and not _step_at_most(row.get("step"), step)):
+            dropped += 1
+        else:
+            keep.append(line + "\n")
+    if dropped:
+        write_text_atomic(path, "".join(keep))
+    return dropped
+
+
+def _step_at_most(value: Any, step: int) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value <= step
+
+
+def tidy_run_folder(run_dir: Path) -> dict[str, list[str]]:
+    """Before a run or an export works on a folder: finish the file renames a killed export
+    (or checkpoint) left half done and remove the temporary files of killed writers, in the
+    run folder, its checkpoint folders and previews/. Returns what was done."""
+    done: dict[str, list[str]] = {"finished": [], "removed": []}
+    folders = [run_dir, run_dir / "previews"]
+    ckpt = run_dir / "ckpt"
+    if ckpt.is_dir() and not ckpt.is_symlink():
+        folders += sorted(p for p in ckpt.iterdir() if p.is_dir() and not p.is_symlink())
+    for folder in folders:
+        for key, names in recover_folder(folder).items():
+            done[key] += names
+    return done
 
 
 def check_run_dir(path: Path) -> Path:

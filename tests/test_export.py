@@ -360,22 +360,18 @@ def test_failed_video_write_keeps_earlier_file(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="NaN"):
         write_turntable(bad, tmp_path / "t.mp4", tmp_path / "t.gif")
 
-    real = imageio.get_writer
+    real = video_mod._FFmpeg
 
-    class FailsOnThirdFrame:
-        def __init__(self, *a, **k):
-            self.inner, self.count = real(*a, **k), 0
+    class FailsOnThirdFrame(real):
+        count = 0
 
-        def append_data(self, frame):
+        def append(self, frame):
             self.count += 1
             if self.count == 3:
                 raise OSError("encoder died")
-            self.inner.append_data(frame)
+            super().append(frame)
 
-        def close(self):
-            self.inner.close()
-
-    monkeypatch.setattr(video_mod.imageio, "get_writer", FailsOnThirdFrame)
+    monkeypatch.setattr(video_mod, "_FFmpeg", FailsOnThirdFrame)
     with pytest.raises(OSError, match="encoder died"):
         write_turntable(solid_frames(6, 16, 16), tmp_path / "t.mp4", None)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -294,6 +294,12 @@ def write_mesh(mesh: Mesh, path: str | Path, format: str | None = None) -> list[
     """Write `mesh` as glb, obj (+ mtl, + png when textured) or ply; the format comes from
     the suffix unless given. Files are replaced atomically: if anything fails, earlier
     files stay as they were. Returns the written paths (the main file last)."""
+    return write_bytes_atomic(mesh_files(mesh, path, format), what=f"writing {Path(path).name}")
+
+
+def mesh_files(mesh: Mesh, path: str | Path, format: str | None = None) -> dict[Path, bytes]:
+    """The files `write_mesh` writes, {path: contents} in the order to move them into place
+    (the main file last), without writing anything."""
     path = Path(path)
     fmt = (format or path.suffix.lstrip(".")).lower()
     if fmt not in MESH_FORMATS:
@@ -311,4 +317,4 @@ def write_mesh(mesh: Mesh, path: str | Path, format: str | None = None) -> list[
         if c is None and uv is not None:
             c = sample_texture(uv, tex)
         files = {path: export_ply(_trimesh(v, f, c), encoding="binary", vertex_normal=True)}
-    return write_bytes_atomic(files)
+    return files

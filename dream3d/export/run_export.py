@@ -4,6 +4,12 @@ If the mesh cannot be extracted (an empty isosurface raises UserError), the vide
 still written and then `ExportIncomplete` (a UserError, so the CLI shows one line)
 is raised; its `written` attribute lists the files that were written.
 
+Every file of one export is written under a temporary name first and all of them are
+then moved into place in one short step (`dream3d.atomic.FileGroup`), so a failed or
+killed export leaves the files of the earlier export as they were: never a new
+mesh.glb beside an old mesh.obj. A full disk raises `DiskFull` (one line: the folder and
+about how much space the export needed).
+
 With `texture_size > 0` the mesh is UV-unwrapped and its albedo baked into a texture
 (GLB, OBJ + MTL + PNG); the PLY keeps vertex colours. If unwrapping or baking fails,
 the untextured (vertex-coloured) mesh is written instead and a RuntimeWarning says so.
@@ -17,11 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dream3d.atomic import FileGroup
 from dream3d.cameras import CameraConfig, turntable
 from dream3d.errors import UserError
-from dream3d.export.mesh import clean, decimate, sample_texture, write_mesh
+from dream3d.export.mesh import clean, decimate, mesh_files, sample_texture
 from dream3d.export.texture import AlbedoFn, bake_texture, unwrap
 from dream3d.export.video import depth_to_rgb, normal_to_rgb, side_by_side, write_turntable
+from dream3d.limits import check_export_values
 from dream3d.representations.base import Representation
 from dream3d.types import MESH_FORMATS, VIDEO_PANELS, Cameras, Mesh
 
@@ -29,6 +37,9 @@ RENDER_BATCH = 4  # views per render call: bounds memory at video resolution
 COLOUR_CHECK_VIEWS = 4  # turntable views used to compare mesh colours with the renders
 COLOUR_MISMATCH = 0.12  # mean-luminance gap between mesh and albedo renders that earns a warning
 TEXTURE_PADDING = 8  # texels grown around every UV chart so seams do not bleed
+API_NAMES = {"mesh_resolution": "the mesh resolution", "decimate_faces": "decimate_faces",
+             "texture_size": "the texture size", "video_resolution": "the video resolution",
+             "video_frames": "the number of turntable frames"}
 
 
 class ExportIncomplete(UserError):
@@ -163,15 +174,15 @@ def _export_mesh(rep, out_dir, formats, mesh_resolution, decimate_faces, camera_
                 render_lum = albedo_render_luminance(rep, camera_cfg, check_resolution, background)
             _warn_colour_gap(texture_lum, render_lum, "texture", "albedo")
 
-    written: dict[str, Path] = {}
+    files: dict[Path, bytes] = {}
     for fmt in formats:
         out_mesh = textured if textured is not None and fmt != "ply" else mesh
-        for path in write_mesh(out_mesh, out_dir / f"mesh.{fmt}", fmt):
-            written[path.suffix.lstrip(".")] = path
-    return written
+        files.update(mesh_files(out_mesh, out_dir / f"mesh.{fmt}", fmt))
+    return files
 
 
-def _export_video(rep, out_dir, camera_cfg, n_frames, resolution, background, fps, panels=("rgb", "normal")):
+def _export_video(rep, out_dir, camera_cfg, n_frames, resolution, background, fps, panels=("rgb", "normal"),
+                  group: FileGroup | None = None):
     cams = turntable(camera_cfg, n_frames, resolution, resolution).to(_device(rep))
     rgb, alpha, normal, depth = render_views(rep, cams, background, shading="diffuse")
     pictures = []
@@ -186,7 +197,7 @@ def _export_video(rep, out_dir, camera_cfg, n_frames, resolution, background, fp
             warnings.warn(f"the representation renders no {name}s: the video has no {name} panel",
                           RuntimeWarning, stacklevel=3)
     frames = side_by_side(pictures or [rgb])
-    mp4, gif = write_turntable(frames, out_dir / "turntable.mp4", out_dir / "turntable.gif", fps)
+    mp4, gif = write_turntable(frames, out_dir / "turntable.mp4", out_dir / "turntable.gif", fps, group=group)
     return {"mp4": mp4, "gif": gif}
 
 
@@ -217,7 +228,8 @@ def export_representation(
     untextured mesh and warns (RuntimeWarning) instead of failing.
 
     Raises ExportIncomplete (a UserError) after writing the video if the mesh could
-    not be extracted."""
+    not be extracted, DiskFull (a UserError) when the disk fills up; either way no file
+    of the earlier export is replaced by a half-written or partial set."""
     out_dir = Path(out_dir)
     bad = [f for f in formats if f not in MESH_FORMATS]
     if bad:
@@ -227,26 +239,33 @@ def export_representation(
         raise UserError(f"unknown video panel '{bad[0]}'; choose from {', '.join(VIDEO_PANELS)}")
     if video and not video_panels:
         raise UserError(f"the turntable needs at least one panel ({', '.join(VIDEO_PANELS)})")
-    if texture_size < 0 or 0 < texture_size < 16:
-        raise UserError(f"texture size must be 0 (vertex colours only) or at least 16, got {texture_size}")
-    if video and n_frames < 1:
-        raise UserError(f"the turntable needs at least one frame, got {n_frames}")
+    check_export_values({"mesh_resolution": mesh_resolution, "decimate_faces": decimate_faces,
+                         "texture_size": texture_size, "video_resolution": video_resolution, "video_frames": n_frames},
+                        names=API_NAMES)
     out_dir.mkdir(parents=True, exist_ok=True)
     was_training = rep.training
     rep.eval()  # no training-time randomness (jittered samples, random backgrounds) in exports
     written: dict[str, Path] = {}
     mesh_error: UserError | None = None
+    group = FileGroup(out_dir, "the export", "; the files of the earlier export were kept")
     try:
         if mesh and formats:
             try:
-                written.update(_export_mesh(rep, out_dir, formats, mesh_resolution, decimate_faces,
-                                            camera_cfg, video_resolution, background, texture_size))
+                files = _export_mesh(rep, out_dir, formats, mesh_resolution, decimate_faces,
+                                     camera_cfg, video_resolution, background, texture_size)
             except UserError as e:
                 mesh_error = e
+            else:
+                group.ensure(sum(len(data) for data in files.values()))
+                for path, data in files.items():
+                    group.write(path, data)
+                    written[path.suffix.lstrip(".")] = path
         if video:
             written.update(_export_video(rep, out_dir, camera_cfg, n_frames, video_resolution, background, fps,
-                                         tuple(video_panels)))
+                                         tuple(video_panels), group=group))
+        group.commit()  # every file of this export moves into place together
     finally:
+        group.discard()
         rep.train(was_training)
     if mesh_error is not None:
         done = f"; wrote {', '.join(p.name for p in written.values())}" if written else ""

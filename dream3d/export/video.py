@@ -1,18 +1,24 @@
-"""Turntable videos: MP4 (H.264 through imageio-ffmpeg) and a looping GIF, plus
+"""Turntable videos: MP4 (H.264 through imageio-ffmpeg's ffmpeg) and a looping GIF, plus
 helpers that turn normal and depth renders into pictures for side-by-side panels.
 
-Every function takes numpy arrays or torch tensors, channel-last.
+Every function takes numpy arrays or torch tensors, channel-last. The writers take an
+optional `FileGroup` (dream3d.atomic): the files are then only staged, and move into
+place with the rest of the group (a run's export replaces its mesh and video files together).
 """
 from __future__ import annotations
 
+import errno
+import io
+import subprocess
+import tempfile
+from fractions import Fraction
 from pathlib import Path
 
-import imageio.v2 as imageio
 import numpy as np
 import torch
 from PIL import Image
 
-from dream3d.atomic import atomic_paths
+from dream3d.atomic import FileGroup, is_disk_full
 
 
 def _numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -48,37 +54,102 @@ def pad_to_multiple(frames: np.ndarray, multiple: int = 2) -> np.ndarray:
     return np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
 
 
-def write_mp4(frames: torch.Tensor | np.ndarray, path: str | Path, fps: float = 24.0, quality: float = 8.0) -> Path:
+class _FFmpeg:
+    """ffmpeg reading raw RGB frames on stdin and writing an H.264 / yuv420p MP4: the command
+    imageio-ffmpeg builds, run here so that its exit status and messages are checked (imageio
+    ignores them, so a full disk gave a truncated file and ffmpeg's lines on the terminal)."""
+
+    def __init__(self, path: Path, width: int, height: int, fps: float, quality: float):
+        import imageio_ffmpeg
+
+        crf = int((1 - quality / 10.0) * 51)  # imageio's mapping of quality 0-10 to x264's CRF
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{width}x{height}",
+               "-pix_fmt", "rgb24", "-r", str(Fraction(fps).limit_denominator()), "-i", "-", "-an",
+               "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", str(crf), "-v", "error",
+               "-movflags", "+faststart", str(path)]
+        self.log = tempfile.TemporaryFile()  # a file, not a pipe: ffmpeg can never block on it
+        # Its own session: a Ctrl-C in the terminal reaches dream3d, which stops ffmpeg itself.
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self.log,
+                                     start_new_session=True)
+
+    def append(self, frame: np.ndarray) -> None:
+        try:
+            self.proc.stdin.write(frame.tobytes())
+        except (BrokenPipeError, OSError):
+            self.close()  # ffmpeg stopped: raise with its reason
+            raise OSError("ffmpeg stopped reading frames") from None
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        rc = self.proc.wait()
+        self.log.seek(0)
+        lines = [ln.strip() for ln in self.log.read().decode(errors="replace").splitlines() if ln.strip()]
+        self.log.close()
+        if rc != 0 or any(is_disk_full(OSError(ln)) for ln in lines):
+            reason = next((ln for ln in lines if is_disk_full(OSError(ln))), lines[-1] if lines else f"exit status {rc}")
+            code = errno.ENOSPC if is_disk_full(OSError(reason)) else errno.EIO
+            raise OSError(code, f"ffmpeg could not write the MP4: {reason}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        if not self.log.closed:
+            self.log.close()
+
+
+def write_mp4(frames: torch.Tensor | np.ndarray, path: str | Path, fps: float = 24.0, quality: float = 8.0,
+              group: FileGroup | None = None) -> Path:
     """H.264 / yuv420p MP4 that browsers and phones play; odd sizes are padded to even."""
     video = pad_to_multiple(to_uint8_frames(frames), 2)
     path = Path(path)
-    with atomic_paths([path]) as (tmp,):
-        # macro_block_size=1: the frames are already even-sized, so imageio must not rescale them.
-        writer = imageio.get_writer(
-            tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", pixelformat="yuv420p",
-            quality=quality, macro_block_size=1, ffmpeg_log_level="error",
-            output_params=["-movflags", "+faststart"],
-        )
+
+    def encode(tmp: Path) -> None:
+        writer = _FFmpeg(tmp, video.shape[2], video.shape[1], fps, quality)
         try:
             for frame in video:
-                writer.append_data(frame)
-        finally:
-            writer.close()
-    return path
+                writer.append(frame)
+        except BaseException:
+            writer.kill()
+            raise
+        writer.close()
+
+    return _stage(path, group, lambda g: g.stage(path, encode))
 
 
-def write_gif(frames: torch.Tensor | np.ndarray, path: str | Path, fps: float = 24.0) -> Path:
-    """Looping GIF, a 256-colour palette per frame (a palette shared by the whole video
+def encode_gif(frames: torch.Tensor | np.ndarray, fps: float = 24.0) -> bytes:
+    """Looping GIF bytes, a 256-colour palette per frame (a palette shared by the whole video
     posterises colourful panels such as the normal map about three times as much).
     GIF stores delays in 1/100 s, so the frame rate is rounded to that; pillow merges
     identical consecutive frames."""
     video = to_uint8_frames(frames)
     images = [Image.fromarray(f).quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
               for f in video]
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:],
+                   duration=round(1000.0 / fps), loop=0, optimize=False)
+    return buf.getvalue()
+
+
+def write_gif(frames: torch.Tensor | np.ndarray, path: str | Path, fps: float = 24.0,
+              group: FileGroup | None = None) -> Path:
+    """A looping GIF file (see `encode_gif`)."""
     path = Path(path)
-    with atomic_paths([path]) as (tmp,):
-        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
-                       duration=round(1000.0 / fps), loop=0, optimize=False)
+    data = encode_gif(frames, fps)
+    return _stage(path, group, lambda g: g.write(path, data))
+
+
+def _stage(path: Path, group: FileGroup | None, put) -> Path:
+    """Stage into `group`, or (without one) write and move into place at once."""
+    if group is not None:
+        put(group)
+        return path
+    with FileGroup(path.parent, f"writing {path.name}") as own:
+        put(own)
+        own.commit()
     return path
 
 
@@ -87,14 +158,16 @@ def write_turntable(
     path_mp4: str | Path | None,
     path_gif: str | Path | None = None,
     fps: float = 24.0,
+    group: FileGroup | None = None,
 ) -> list[Path]:
-    """Write the frames [N, H, W, 3] (uint8 or float in [0, 1]) as an MP4 and / or a GIF."""
+    """Write the frames [N, H, W, 3] (uint8 or float in [0, 1]) as an MP4 and / or a GIF
+    (staged into `group` when given)."""
     frames = to_uint8_frames(frames)  # check (and convert) once, even when writing nothing
     written = []
     if path_mp4 is not None:
-        written.append(write_mp4(frames, path_mp4, fps))
+        written.append(write_mp4(frames, path_mp4, fps, group=group))
     if path_gif is not None:
-        written.append(write_gif(frames, path_gif, fps))
+        written.append(write_gif(frames, path_gif, fps, group=group))
     return written
 
 

@@ -9,7 +9,6 @@ files in its own folder: a stage folder that holds anything else loses nothing.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dream3d.atomic import write_text_atomic
+from dream3d.atomic import FileGroup, ensure_space, write_text_atomic
 from dream3d.errors import UserError
 from dream3d.runfolder import CHECKPOINT_FILE, run_path
 
@@ -67,10 +66,15 @@ def save_checkpoint(
     tensors["rng.generator"] = generator.get_state()
     stem = f"step-{step:06d}"
     weights, state = ckpt_dir / f"{stem}.safetensors", ckpt_dir / f"{stem}.json"
-    tmp = ckpt_dir / f".{stem}.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, weights)
-    write_text_atomic(state, json.dumps({"step": step, "optimizer": opt_meta, **(extra or {})}))
+    needed = sum(t.numel() * t.element_size() for t in tensors.values()) + 128 * len(tensors) + 4096
+    kept = _latest_step(ckpt_dir)
+    note = f"; the checkpoint of step {kept} is kept" if kept is not None else "; no checkpoint was written"
+    what = f"a checkpoint of step {step}"
+    ensure_space(ckpt_dir, needed, what, note)
+    with FileGroup(ckpt_dir, what, note) as group:
+        group.stage(weights, lambda tmp: save_file(tensors, str(tmp)), expected=needed)
+        group.write(state, json.dumps({"step": step, "optimizer": opt_meta, **(extra or {})}).encode())
+        group.commit()
     write_text_atomic(ckpt_dir / "latest.json", json.dumps({"step": step, "weights": weights.name, "state": state.name}))
     _remove_old(ckpt_dir, keep=KEEP + 1)
     return weights
@@ -104,6 +108,13 @@ def read_latest(ckpt_dir: Path) -> dict | None:
     if not ok:
         raise UserError(f"the checkpoint in {ckpt_dir} is corrupt (latest.json is not a checkpoint record)")
     return latest
+
+
+def _latest_step(ckpt_dir: Path) -> int | None:
+    try:
+        return int(json.loads((ckpt_dir / "latest.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def has_checkpoint(ckpt_dir: Path) -> bool:

@@ -38,3 +38,32 @@ def graceful_stop() -> Iterator[StopFlag]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised at once by `interrupt_on_signal` on SIGINT or SIGTERM; `signal_name` says which."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+@contextmanager
+def interrupt_on_signal() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into `Interrupted` (a KeyboardInterrupt) raised wherever the
+    block is, for work with no step boundary to wait for (an export): its `finally` clauses
+    remove temporary files, and the caller can print a line instead of dying silently as
+    SIGTERM's default action does. Main thread only, as `graceful_stop`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Interrupted(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, handler) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

@@ -1,6 +1,7 @@
 """The optimisation loop of one stage: render random views, score them, step."""
 from __future__ import annotations
 
+import io
 import math
 import time
 from dataclasses import dataclass
@@ -13,11 +14,12 @@ from PIL import Image
 
 from dream3d.cameras import sample_orbit, turntable
 from dream3d import config as config_mod
+from dream3d.atomic import write_bytes_atomic
 from dream3d.config import RunConfig, StageConfig
 from dream3d.guidance.view_groups import expand_cameras
 from dream3d.errors import UserError
 from dream3d.representations.base import Representation
-from dream3d.run import append_metrics
+from dream3d.run import append_metrics, trim_metrics
 from dream3d.runfolder import preview_path, stage_dir
 from dream3d.training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from dream3d.training.stop import graceful_stop
@@ -149,13 +151,16 @@ class Trainer:
         img = (grid.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
         path = preview_path(self.run_dir, self.stage.name, step)
         path.parent.mkdir(exist_ok=True)
-        Image.fromarray(img).save(path)
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="PNG")
+        write_bytes_atomic({path: buf.getvalue()}, what="writing a preview")  # a full disk: one line, no half PNG
         return path
 
     # ------------------------------------------------------------ the loop
     def fit(self, on_step: Callable[[StepLog], None] | None = None) -> None:
         """Run to the last step. Ctrl-C (or SIGTERM) finishes the current step, writes a
         checkpoint and raises KeyboardInterrupt, so `--resume` continues exactly."""
+        trim_metrics(self.run_dir, self.stage.name, self.start_step)  # steps a killed process logged past its checkpoint
         with graceful_stop() as stop:
             self._fit_loop(self.start_step, stop, on_step)
 
