@@ -218,8 +218,9 @@ def export_run(run_dir: Path, rep=None, cfg: RunConfig | None = None, names: dic
                 camera_cfg=cfg.camera, decimate_faces=ex.decimate_faces or None, texture_size=ex.texture_size,
                 video_panels=ex.video_panels,
             )
-            if ex.mesh and rep.has("save_splats"):  # the splats themselves, for 3DGS viewers
-                files["gaussians"] = rep.save_splats(run_dir / "gaussians.ply")
+            splats = splat_stage_rep(run_dir, cfg, rep) if ex.mesh else None
+            if splats is not None:  # the splats themselves, for 3DGS viewers, whatever the last stage is
+                files["gaussians"] = splats.save_splats(run_dir / "gaussians.ply")
         except (Exception, KeyboardInterrupt) as e:
             _record_export_failure(run_dir, e)
             raise
@@ -229,6 +230,21 @@ def export_run(run_dir: Path, rep=None, cfg: RunConfig | None = None, names: dic
         fixed = {"status": "done", "error": None} if info.data.get("stage") == "export" else {}  # it failed before
         info.update(timings=timings, exports=sorted(p.name for p in files.values()), export_error=None, **fixed)
         return files
+
+
+def splat_stage_rep(run_dir: Path, cfg: RunConfig, rep):
+    """The representation whose splats the run exports: `rep` (the last stage's) when it has
+    them, else the last earlier stage whose representation has them, loaded from its
+    checkpoint; None for a run without such a stage."""
+    if rep.has("save_splats"):
+        return rep
+    for index in reversed(range(len(cfg.stages))):
+        stage = cfg.stages[index]
+        if registry.lookup("representation", stage.representation.name).cls().has("save_splats") and \
+                has_checkpoint(stage_dir(run_dir, stage.name)):
+            device = next(iter(rep.parameters()), torch.zeros(())).device
+            return load_stage(cfg, index, run_dir, device)
+    return None
 
 
 def _record_export_failure(run_dir: Path, error: BaseException) -> None:

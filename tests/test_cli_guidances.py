@@ -49,6 +49,15 @@ def test_every_cpu_preset_runs_all_its_stages(tmp_path, tiny_embedded_dir, prese
     assert (run / "mesh.glb").is_file()
     for s in cfg.stages:
         assert (run / "ckpt" / s.name / "latest.json").is_file()
+    # a run with a Gaussian stage writes its splats, whatever its last stage is; other runs claim none
+    splat_stages = [i for i, s in enumerate(cfg.stages) if s.representation.name == "gaussians"]
+    assert (run / "gaussians.ply").is_file() == bool(splat_stages)
+    if splat_stages:
+        from dream3d.pipeline import load_stage
+        from dream3d.representations.gaussian_ply import read_ply
+
+        saved = load_stage(presets.resolve(preset, {"prompt": "a red cube"}, []), splat_stages[-1], run, "cpu")
+        assert len(read_ply(run / "gaussians.ply")) == saved.num_gaussians
 
 
 def test_a_chain_that_cannot_convert_is_refused_before_work(tmp_path, tiny_embedded_dir):
