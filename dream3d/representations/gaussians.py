@@ -88,10 +88,10 @@ class GaussianConfig:
     """Half side of the cube searched for the exported isosurface."""
     mesh_threshold: float = 0.5
     """Summed Gaussian density of the exported isosurface (lowered to half the peak when nothing reaches it)."""
-    mesh_smoothing: float = 0.04
+    mesh_smoothing: float = 0.02
     """Std of the Gaussian blur (world units) applied to the density before its isosurface is taken (0 = none):
-    splats leave lumps a few cells wide. Measured on a default cube: roughness 12.8 -> 7.1 degrees at 0.042;
-    twice that closed a torus's hole (benchmarks/geometry.py, README)."""
+    splats leave lumps a few cells wide. 0.04 made the default's surfaces smooth and watertight but rounded a
+    cube until it read as a cylinder; 0.02 kept it a cube (README, Geometry)."""
     lr: dict[str, float] = field(default_factory=lambda: {
         "means": 1e-3, "scales": 5e-3, "rotations": 1e-3, "opacities": 5e-2, "colors": 1e-2})
     """Adam learning rate per parameter group."""
