@@ -424,3 +424,33 @@ def test_video_panels_side_by_side(tmp_path, panels):
     assert grey[12] > grey[9] + 0.03 and grey[0] == pytest.approx(0.7)  # nearer is brighter; background
     with pytest.raises(UserError, match="video panel"):
         run_export(AnalyticSphere(), tmp_path, video=True, video_panels=["rgb", "albedo"])
+
+
+def test_slivers_left_by_decimation_are_dropped_and_several_parts_are_reported(tmp_path, monkeypatch):
+    import dream3d.export.run_export as run_export_module
+
+    real = run_export_module.decimate
+
+    def decimate_with_sliver(mesh, target):
+        out = real(mesh, target)
+        n = out.vertices.shape[0]
+        sliver_v = torch.tensor([[0.9, 0.9, 0.9], [0.91, 0.9, 0.9], [0.9, 0.91, 0.9]])
+        sliver_f = torch.tensor([[n, n + 1, n + 2], [n, n + 2, n + 1]])  # two faces back to back, apart
+        colours = torch.cat([out.vertex_colors, torch.full((3, 3), 0.5)])
+        return Mesh(torch.cat([out.vertices, sliver_v]), torch.cat([out.faces, sliver_f]), colours)
+
+    monkeypatch.setattr(run_export_module, "decimate", decimate_with_sliver)
+    files = run_export(AnalyticSphere(), tmp_path, formats=["ply"], decimate_faces=1000, texture_size=0)
+    ply = trimesh.load(files["ply"], process=True)
+    assert ply.body_count == 1 and ply.is_watertight
+
+    class TwoSpheres(AnalyticSphere):
+        def extract_mesh(self, resolution):
+            a, b = trimesh.creation.icosphere(2, 0.3), trimesh.creation.icosphere(2, 0.3)
+            b.apply_translation([0.7, 0, 0])
+            both = trimesh.util.concatenate([a, b])
+            v = torch.tensor(both.vertices, dtype=torch.float32)
+            return Mesh(v, torch.tensor(both.faces), torch.full_like(v, 0.5))
+
+    with pytest.warns(RuntimeWarning, match="keeps 2 separate parts"):
+        run_export(TwoSpheres(), tmp_path / "two", formats=["ply"], texture_size=0)

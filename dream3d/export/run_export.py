@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import trimesh
 
 from dream3d.atomic import FileGroup
 from dream3d.cameras import CameraConfig, turntable
@@ -149,8 +150,12 @@ def _export_mesh(rep, out_dir, formats, mesh_resolution, decimate_faces, camera_
     if decimate_faces and len(mesh.faces) > decimate_faces:
         if mesh.uv is not None:
             warnings.warn("not decimating: the mesh is already UV-unwrapped and textured", RuntimeWarning, stacklevel=3)
-        else:
-            mesh = decimate(mesh, decimate_faces)
+        else:  # decimation can leave slivers (two faces back to back) apart from the surface: clean again
+            mesh = clean(decimate(mesh, decimate_faces))
+    parts = trimesh.Trimesh(mesh.vertices.numpy(), mesh.faces.numpy(), process=True).body_count
+    if parts > 1:
+        warnings.warn(f"the mesh keeps {parts} separate parts (each at least 5% of the largest one's area)",
+                      RuntimeWarning, stacklevel=3)
     check_resolution = min(video_resolution, 128)
     mesh_lum = mesh_luminance(mesh)
     render_lum = None if mesh_lum is None else albedo_render_luminance(rep, camera_cfg, check_resolution, background)
