@@ -204,6 +204,7 @@ def test_nvdiffrast_backend_is_refused_without_cuda():
         raster.rasterize(verts, faces, cameras(1, 8, 8), backend="nvdiffrast")
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not (torch.cuda.is_available() and raster.nvdiffrast_available(torch.device("cuda"))),
                     reason="needs CUDA and nvdiffrast")
 def test_nvdiffrast_agrees_with_the_torch_rasteriser():

@@ -206,6 +206,7 @@ def test_cpu_splat_never_calls_gsplat_kernels(monkeypatch):
     assert res.image.shape == (1, 19, 23, 3) and res.alpha.shape == (1, 19, 23, 1)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="gsplat's kernels need CUDA")
 def test_gsplat_path_matches_cpu_rasteriser():
     params, cams = random_scene(300, 9, dtype=torch.float32, channels=7, cams=2)
