@@ -145,6 +145,19 @@ def _import_rows(records: list[EntryRecord]) -> list[tuple]:
 # ---------------------------------------------------------------- the store
 
 
+@contextlib.contextmanager
+def _opening(out: Path) -> Iterator[None]:
+    """Hold `.batch.db.open` in `out` (a kernel lock, dropped if the holder dies) while a store opens."""
+    import fcntl
+
+    with open(out / ".batch.db.open", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class BatchStore:
     """batch.db of one batch folder. `claims=True` for a process that runs entries."""
 
@@ -154,14 +167,20 @@ class BatchStore:
         self.claimant: Claimant | None = None
         self.db: sqlite3.Connection | None = None
         try:
-            self.db = sqlite3.connect(self.path, timeout=BUSY_S, isolation_level=None)
-            self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self._init()
+            # Switching a new file to WAL takes SQLite's exclusive lock without waiting on the busy
+            # timeout: two processes opening one folder at the same moment take turns here instead.
+            with _opening(self.out):
+                self.db = sqlite3.connect(self.path, timeout=BUSY_S, isolation_level=None)
+                self.db.row_factory = sqlite3.Row
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self._init()
         except sqlite3.Error as e:
             self.close()
             raise _user_error(self.path, e) from None
+        except OSError as e:  # the folder cannot hold the opening lock (missing, read-only, full)
+            self.close()
+            raise UserError(f"{self.path}: cannot open the batch database ({e.strerror or e})") from None
         except BaseException:
             self.close()
             raise
