@@ -25,7 +25,8 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else echo "chromium not found and apt-get needs root: the gallery browser test will be skipped"; fi
 
-# node tools: the glTF validator and, for the gallery, <model-viewer> and playwright-core.
+# node tools: the glTF validator and, for the gallery, <model-viewer>, the Gaussian splat viewer
+# (@mkkellogg/gaussian-splats-3d with three) and playwright-core.
 setup: $(VENV)/.installed tools/node/.installed
 
 demo: setup

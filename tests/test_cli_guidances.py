@@ -52,12 +52,30 @@ def test_every_cpu_preset_runs_all_its_stages(tmp_path, tiny_embedded_dir, prese
     # a run with a Gaussian stage writes its splats, whatever its last stage is; other runs claim none
     splat_stages = [i for i, s in enumerate(cfg.stages) if s.representation.name == "gaussians"]
     assert (run / "gaussians.ply").is_file() == bool(splat_stages)
+    assert ("gaussians.ply" in json.loads((run / "run.json").read_text())["exports"]) == bool(splat_stages)
     if splat_stages:
         from dream3d.pipeline import load_stage
         from dream3d.representations.gaussian_ply import read_ply
 
         saved = load_stage(presets.resolve(preset, {"prompt": "a red cube"}, []), splat_stages[-1], run, "cpu")
         assert len(read_ply(run / "gaussians.ply")) == saved.num_gaussians
+
+
+def test_splat_stage_rep_without_a_gaussian_stage_or_its_checkpoint(tmp_path):
+    """Splats are exported from the last stage that has them, and only from a stage that trained."""
+    from dream3d import presets
+    from dream3d.pipeline import splat_stage_rep
+    from dream3d.representations.dmtet import DMTet, DMTetConfig
+    from dream3d.representations.gaussians import GaussianConfig, Gaussians
+    from dream3d.representations.hashgrid_nerf import HashGridNeRF
+
+    nerf, gaussians = HashGridNeRF(), Gaussians(GaussianConfig(n_init=10))
+    dmtet = DMTet(DMTetConfig(grid_resolution=16))
+    assert splat_stage_rep(tmp_path, presets.resolve("fast", {"prompt": "x"}, []), nerf) is None
+    assert splat_stage_rep(tmp_path, presets.resolve("magic3d", {"prompt": "x"}, []), dmtet) is None
+    two_stage = presets.resolve("gaussian", {"prompt": "x"}, [])
+    assert splat_stage_rep(tmp_path, two_stage, gaussians) is gaussians
+    assert splat_stage_rep(tmp_path, two_stage, dmtet) is None  # no checkpoint of its Gaussian stage here
 
 
 def test_a_chain_that_cannot_convert_is_refused_before_work(tmp_path, tiny_embedded_dir):

@@ -252,6 +252,47 @@ def test_ply_round_trip_and_standard_layout(tmp_path):
     np.testing.assert_allclose(arrays.sh_dc, rep.sh0[:, 0].detach().numpy())
 
 
+def reference_3dgs_properties(degree: int) -> list[str]:
+    """The vertex properties of the original 3DGS code's PLY, spelled out here (not taken from dream3d)."""
+    n_rest = 3 * ((degree + 1) ** 2 - 1)
+    return (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"] + [f"f_rest_{i}" for i in range(n_rest)]
+            + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
+
+
+@pytest.mark.parametrize("sh_degree", [0, 1, 3])
+def test_ply_read_by_plyfile_has_the_reference_layout(tmp_path, sh_degree):
+    """plyfile (an independent PLY reader, as 3DGS tools use) sees the reference layout and the parameters."""
+    plyfile = pytest.importorskip("plyfile")  # a dev extra
+    rep = small(n_init=50, sh_degree=sh_degree)
+    with torch.no_grad():
+        rep.sh_rest.copy_(torch.randn_like(rep.sh_rest))
+        rep.quats.copy_(3.0 * torch.randn_like(rep.quats))  # not unit: the file holds the normalised rotation
+        rep.opacity_logits.copy_(torch.randn_like(rep.opacity_logits))
+    ply = plyfile.PlyData.read(str(rep.save_splats(tmp_path / "gaussians.ply")))
+    assert not ply.text and ply.byte_order == "<"
+    assert [e.name for e in ply.elements] == ["vertex"] and ply["vertex"].count == 50
+    props = ply["vertex"].properties
+    assert [p.name for p in props] == reference_3dgs_properties(sh_degree)
+    assert all(np.dtype(p.val_dtype) == np.float32 for p in props)
+    v = ply["vertex"].data
+    col = lambda *names: np.stack([v[n] for n in names], 1)  # noqa: E731
+    t = lambda x: x.detach().numpy()  # noqa: E731
+    np.testing.assert_array_equal(col("x", "y", "z"), t(rep.means))
+    np.testing.assert_array_equal(col("nx", "ny", "nz"), 0.0)
+    # opacity is stored as its logit (sigmoid^-1), scales as natural logs
+    np.testing.assert_allclose(1 / (1 + np.exp(-v["opacity"])), t(torch.sigmoid(rep.opacity_logits)), rtol=1e-6)
+    np.testing.assert_allclose(np.exp(col("scale_0", "scale_1", "scale_2")), t(rep.log_scales.exp()), rtol=1e-6)
+    quats = col("rot_0", "rot_1", "rot_2", "rot_3")  # w x y z, unit length
+    np.testing.assert_allclose(np.linalg.norm(quats, axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(quats, t(torch.nn.functional.normalize(rep.quats, dim=-1)), rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(col("f_dc_0", "f_dc_1", "f_dc_2"), t(rep.sh0[:, 0]))
+    np.testing.assert_allclose(0.5 + SH_C0 * col("f_dc_0", "f_dc_1", "f_dc_2"), t(rep.colours()), rtol=1e-5)
+    k = (sh_degree + 1) ** 2 - 1
+    for c in range(3):  # channel-major: all of red's higher coefficients, then green's, then blue's
+        for i in range(k):
+            np.testing.assert_array_equal(v[f"f_rest_{c * k + i}"], t(rep.sh_rest[:, i, c]))
+
+
 def test_ply_reader_accepts_ascii_and_rejects_other_files(tmp_path):
     names = gaussian_ply.property_names(0)
     values = np.arange(2 * len(names), dtype=np.float64).reshape(2, -1)

@@ -397,6 +397,7 @@ def _write_gallery_folder(root: Path, f: dict) -> Path:
     write_run(batch / f["entries"][2]["run_dir"], info=info3, config=f["config"], scores=f["eval"], stage=stage)
     (batch / f["entries"][2]["run_dir"] / "mesh.glb").unlink()  # the second run has the GIF only
     (batch / f["entries"][2]["run_dir"] / "turntable.mp4").unlink()
+    (batch / f["entries"][0]["run_dir"] / "gaussians.ply").write_bytes(b"ply\n")  # the first run has splats
     write_run(batch / "sub" / f["plain_run"], info=f["run"], config=f["config"], scores=f["eval"], stage=stage)
     write_batch(batch, f["entries"])
     return batch
@@ -438,7 +439,7 @@ class Page(HTMLParser):
 
 TEXT_ATTRS = {"id", "alt", "title", "aria-label"}
 """Attributes whose values may carry a run's texts (as text)."""
-URL_ATTRS = {"src", "href", "data-fallback"}
+URL_ATTRS = {"src", "href", "data-fallback", "data-src"}
 
 
 def _render(tmp_path: Path, monkeypatch, strings: list[str], names: list[str], tag: str,
@@ -449,6 +450,8 @@ def _render(tmp_path: Path, monkeypatch, strings: list[str], names: list[str], t
     stand_in = tmp_path / "model-viewer.min.js"
     stand_in.write_text("// a stand-in for the real build")
     monkeypatch.setattr(gallery_pkg, "find_model_viewer", lambda: stand_in if viewer else None)
+    splat_stand_ins = {name: stand_in for name in gallery_pkg.splats.FILES}
+    monkeypatch.setattr(gallery_pkg, "find_splat_viewer", lambda: splat_stand_ins if viewer else None)
     res = gallery(batch, "--no-contact-sheet")  # the sheet's long texts: test_a_very_long_prompt_is_quick
     assert res.exit_code == 0, res.output
     return (batch / "index.html").read_text(encoding="utf-8"), batch
@@ -465,6 +468,7 @@ def test_hostile_strings_are_only_text(tmp_path, monkeypatch, viewer):
     # The same elements with the same attributes as a benign gallery of the same shape.
     assert good.shape() == bad.shape()
     assert bad.shape()[("article", ("class", "id"))] == 4 and ("iframe", ()) not in bad.shape()
+    assert bad.shape()[("div", ("aria-label", "class", "data-src", "role"))] == (1 if viewer else 0)
     assert bad.scripts == good.scripts and bad.comments == good.comments == []
     assert any(page_mod.SCRIPT.strip() in s for s in bad.scripts)
     for (tag, attrs), (tag0, attrs0) in zip(bad.tags, good.tags):

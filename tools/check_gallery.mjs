@@ -4,9 +4,11 @@
 //   node tools/check_gallery.mjs http://127.0.0.1:8000/index.html shot.png
 //
 // Prints one JSON object: console errors, failed requests, each <video>'s decoded
-// state, each <model-viewer>'s load state, and the screenshot's path. Exit code 0
-// when there is no console error, every video decodes and every 3D view loaded;
-// 1 otherwise; 2 when the browser could not be started or the page not opened.
+// state, each <model-viewer>'s load state, each Gaussian-splat panel's state and
+// splat count (with a screenshot of the panel, SHOT-splats-N.png), and the
+// screenshot's path. Exit code 0 when there is no console error, every video
+// decodes and every 3D view (mesh and splats) loaded; 1 otherwise; 2 when the
+// browser could not be started or the page not opened.
 // The browser is Debian's chromium (CHROMIUM overrides the path); playwright-core
 // downloads no browser of its own.
 import { mkdtempSync, rmSync } from "node:fs";
@@ -61,7 +63,7 @@ page.on("pageerror", (err) => consoleErrors.push(`uncaught: ${err.message}`));
 page.on("requestfailed", (req) => failedRequests.push(`${req.url()}: ${req.failure()?.errorText}`));
 page.on("response", (res) => { if (res.status() >= 400) failedRequests.push(`${res.url()}: HTTP ${res.status()}`); });
 
-const report = { url, screenshot, consoleErrors, failedRequests, videos: [], viewers: [], images: [] };
+const report = { url, screenshot, consoleErrors, failedRequests, videos: [], viewers: [], splats: [], images: [] };
 try {
   await page.goto(url, { waitUntil: "load", timeout: timeoutMs });
   report.title = await page.title();
@@ -83,6 +85,30 @@ try {
       el.addEventListener("load", () => { clearTimeout(timer); done(null); }, { once: true });
       el.addEventListener("error", (e) => { clearTimeout(timer); done(String(e.detail?.type || "error")); }, { once: true });
     }), timeoutMs));
+  }
+
+  // Each splat panel, scrolled into sight (it loads when visible), until it shows its splats or says why not.
+  const panels = await page.locator(".splats[data-src]").all();
+  for (const [i, panel] of panels.entries()) {
+    await panel.scrollIntoViewIfNeeded();
+    const state = await panel.evaluate((el, ms) => new Promise((resolve) => {
+      const t0 = performance.now();
+      const poll = () => {
+        const s = el.dataset.state;
+        if (s === "shown" || s === "error" || performance.now() - t0 > ms) {
+          return resolve({ src: el.dataset.src, state: s || "timed out", splats: Number(el.dataset.splats ?? -1),
+                           vertices: Number(el.dataset.vertices ?? -1), label: el.querySelector(".splat-state")?.textContent });
+        }
+        setTimeout(poll, 100);
+      };
+      poll();
+    }), timeoutMs);
+    if (state.state === "shown") {
+      await page.waitForTimeout(300);  // a few frames after the scene is in
+      state.shot = screenshot.replace(/\.png$/, "") + `-splats-${i}.png`;
+      await panel.screenshot({ path: state.shot });
+    }
+    report.splats.push(state);
   }
 
   // Each video: its metadata decoded (or its error), then whether frames have a size.
@@ -115,6 +141,7 @@ rmSync(profile, { recursive: true, force: true });
 report.ok = !report.fatal && consoleErrors.length === 0 && failedRequests.length === 0
   && report.videos.every((v) => v.readyState >= 1 && v.width > 0 && v.error === null)
   && report.viewers.every((m) => m.loaded && m.error === null)
+  && report.splats.every((s) => s.state === "shown" && s.splats > 0)
   && report.images.every((i) => i.complete && i.width > 0);
 console.log(JSON.stringify(report, null, 2));
 process.exit(report.fatal ? 2 : report.ok ? 0 : 1);

@@ -10,13 +10,14 @@ from dream3d.errors import UserError
 from dream3d.gallery.collect import RunCard, collect
 from dream3d.gallery.page import render_page
 from dream3d.gallery.sheet import write_contact_sheet
+from dream3d.gallery.splats import find_splat_viewer
 
 VIEWER_FILE = "model-viewer.min.js"
 # Where the project's set-up (`npm ci --prefix tools/node`) puts Google's <model-viewer>.
 REPO_VIEWER = Path(__file__).resolve().parents[2] / "tools" / "node" / "node_modules" / "@google" / "model-viewer" / \
     "dist" / VIEWER_FILE
 
-__all__ = ["RunCard", "collect", "find_model_viewer", "write_gallery"]
+__all__ = ["RunCard", "collect", "find_model_viewer", "find_splat_viewer", "write_gallery"]
 
 
 def find_model_viewer() -> Path | None:
@@ -75,7 +76,16 @@ def _write_files(folder: Path, cards: list[RunCard], contact_sheet: bool, consol
     elif console is not None:
         console.print("[yellow]warning[/]: <model-viewer> not found (npm ci --prefix tools/node, or set "
                       "DREAM3D_MODEL_VIEWER); the page links the meshes instead of showing them", soft_wrap=True)
-    page = render_page(cards, folder, f"dream3d: {folder.resolve().name}", VIEWER_FILE if viewer else None)
+    splat_files = find_splat_viewer() if any(c.splats is not None for c in cards) else None
+    for name, src in (splat_files or {}).items():  # the splat viewer and the three.js it imports
+        _copy(src, folder / name)
+    if splat_files is not None:
+        files["splat viewer"] = folder / next(iter(splat_files))
+    if splat_files is None and console is not None and any(c.splats is not None for c in cards):
+        console.print("[yellow]warning[/]: the Gaussian splat viewer was not found (npm ci --prefix tools/node, or "
+                      "set DREAM3D_NODE_MODULES); the page links gaussians.ply instead of showing it", soft_wrap=True)
+    page = render_page(cards, folder, f"dream3d: {folder.resolve().name}", VIEWER_FILE if viewer else None,
+                       splat_viewer=splat_files is not None)
     files["page"] = write_text_atomic(folder / "index.html", page)
     if contact_sheet:
         files["contact sheet"] = write_contact_sheet(cards, folder / "contact-sheet.png", warn)

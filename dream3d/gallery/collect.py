@@ -46,6 +46,8 @@ class RunCard:
     glb: Path | None = None
     mp4: Path | None = None
     gif: Path | None = None
+    splats: Path | None = None
+    """gaussians.ply, for a run with a Gaussian stage."""
     preview: Path | None = None
     """The latest preview grid (last stage, highest step)."""
 
@@ -197,7 +199,8 @@ def read_run(run_dir: Path, record: dict | None = None, warn: Warn | None = None
         card.eval = {k: v for k in SCORE_KEYS if (v := scores.number(k)) is not None} if scores else {}
     except UserError as e:
         warn(f"left out the scores of a run: {e}")
-    for attr, name in (("glb", "mesh.glb"), ("mp4", "turntable.mp4"), ("gif", "turntable.gif")):
+    for attr, name in (("glb", "mesh.glb"), ("mp4", "turntable.mp4"), ("gif", "turntable.gif"),
+                       ("splats", "gaussians.ply")):
         if (run_dir / name).is_file():
             setattr(card, attr, run_dir / name)
     card.preview = latest_preview(run_dir, stage_names)

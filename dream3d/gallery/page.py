@@ -1,8 +1,9 @@
 """The gallery's index.html: one card per run, static, every path relative (works offline).
 
 The 3D view is Google's <model-viewer> web component (npm @google/model-viewer,
-its self-contained build copied next to the page); the turntable is a <video>
-with the MP4, falling back to the GIF when the browser cannot decode it.
+its self-contained build copied next to the page), with a run's Gaussian splats
+beside it (splats.py); the turntable is a <video> with the MP4, falling back to
+the GIF when the browser cannot decode it.
 
 Everything from a run folder (texts, file and folder names) is data, never markup: texts and
 attribute values go through `_text`, file names through `_url` (percent-quoted relative paths,
@@ -16,6 +17,7 @@ import os
 from pathlib import Path
 from urllib.parse import quote
 
+from dream3d.gallery import splats
 from dream3d.gallery.collect import RunCard, clean_text
 
 STYLE = """
@@ -30,6 +32,11 @@ article h2 { font-size: 1.05rem; margin: 0 0 0.3rem; }
 .state.done { background: #2e7d32; } .state.failed { background: #c62828; } .state.running { background: #ef6c00; }
 .media { display: flex; flex-direction: column; gap: 0.4rem; margin: 0.5rem 0; }
 model-viewer { width: 100%; height: 280px; background: #b3b3b3; border-radius: 4px; }
+.views { display: grid; grid-template-columns: repeat(auto-fit, minmax(160px, 1fr)); gap: 0.4rem; }
+.views model-viewer, .splats { height: 240px; }
+.splats { position: relative; background: #b3b3b3; border-radius: 4px; overflow: hidden; }
+.splats canvas { position: absolute; inset: 0; width: 100%; height: 100%; }
+.splat-state { position: absolute; left: 0.4rem; bottom: 0.3rem; font-size: 0.75rem; color: #333; }
 .media video, .media img.turntable { width: 100%; border-radius: 4px; image-rendering: pixelated; }
 img.preview { width: 100%; image-rendering: pixelated; border-radius: 4px; }
 dl { display: grid; grid-template-columns: max-content 1fr; gap: 0.1rem 0.6rem; margin: 0.4rem 0; }
@@ -82,18 +89,29 @@ def _text(value: object, limit: int | None = None) -> str:
     return html.escape(text, quote=True)
 
 
-def _card(card: RunCard, base: Path, viewer: bool) -> str:
+def _views(card: RunCard, base: Path, label: str, viewer: bool, splat_viewer: bool) -> list[str]:
+    """The mesh's view and, for a run with splats, theirs beside it (a link each without the viewer)."""
+    views = []
+    if card.glb is not None and viewer:
+        views.append(f'<model-viewer src="{_url(card.glb, base)}" alt="3D model: {label}" camera-controls '
+                     f'auto-rotate interaction-prompt="none" shadow-intensity="0.6" exposure="1.1"></model-viewer>')
+    elif card.glb is not None:
+        views.append(f'<a class="nofile" href="{_url(card.glb, base)}">mesh.glb</a>')
+    if card.splats is not None and splat_viewer:
+        views.append(f'<div class="splats" data-src="{_url(card.splats, base)}" role="img" '
+                     f'aria-label="Gaussian splats: {label}"><span class="splat-state">Gaussian splats</span></div>')
+    elif card.splats is not None:
+        views.append(f'<a class="nofile" href="{_url(card.splats, base)}">gaussians.ply</a>')
+    return [f'<div class="views">{"".join(views)}</div>'] if len(views) > 1 else views
+
+
+def _card(card: RunCard, base: Path, viewer: bool, splat_viewer: bool) -> str:
     label = _text(card.prompt or card.name, LABEL_LIMIT)
     state_class = f"state {card.state}" if card.state in STATES else "state"
     parts = [f'<article class="run" id="{_text(card.name)}">',
              f'<h2>{_text(card.prompt or card.name)}</h2>',
              f'<div><span class="{state_class}">{_text(card.state)}</span> <small>{_text(card.name)}</small></div>']
-    media = []
-    if card.glb is not None and viewer:
-        media.append(f'<model-viewer src="{_url(card.glb, base)}" alt="3D model: {label}" camera-controls '
-                     f'auto-rotate interaction-prompt="none" shadow-intensity="0.6" exposure="1.1"></model-viewer>')
-    elif card.glb is not None:
-        media.append(f'<a class="nofile" href="{_url(card.glb, base)}">mesh.glb</a>')
+    media = _views(card, base, label, viewer, splat_viewer)
     if card.mp4 is not None:
         fallback = f' data-fallback="{_url(card.gif, base)}"' if card.gif is not None else ""
         media.append(f'<video autoplay loop muted playsinline preload="auto" aria-label="turntable: {label}"'
@@ -123,8 +141,10 @@ def _card(card: RunCard, base: Path, viewer: bool) -> str:
     return "\n".join(parts)
 
 
-def render_page(cards: list[RunCard], base: Path, title: str, viewer_script: str | None) -> str:
-    """The whole page; `viewer_script` is the model-viewer module's URL (None: no 3D views)."""
+def render_page(cards: list[RunCard], base: Path, title: str, viewer_script: str | None,
+                splat_viewer: bool = False) -> str:
+    """The whole page; `viewer_script` is the model-viewer module's URL (None: no 3D views);
+    `splat_viewer`: splats.FILES lie next to the page (else gaussians.ply is a link)."""
     counts: dict[str, int] = {}
     for c in cards:
         counts[c.state] = counts.get(c.state, 0) + 1
@@ -136,9 +156,15 @@ def render_page(cards: list[RunCard], base: Path, title: str, viewer_script: str
         '<link rel="icon" href="data:,">',  # no favicon request (a 404 is a console error)
         f"<style>{STYLE}</style>",
     ]
+    splat_viewer = splat_viewer and any(c.splats is not None for c in cards)
+    if splat_viewer:  # before any module script: it maps the bare names the splat viewer imports
+        head.append(splats.IMPORT_MAP)
     if viewer_script:
         head.append(f'<script type="module" src="{html.escape(quote(viewer_script), quote=True)}"></script>')
     body = ["</head>", "<body>", f"<header><h1>{_text(title)}</h1><p>{len(cards)} runs: {summary}</p></header>",
-            "<main>", *(_card(c, base, viewer_script is not None) for c in cards), "</main>",
-            f"<script>{SCRIPT}</script>", "</body>", "</html>"]
+            "<main>", *(_card(c, base, viewer_script is not None, splat_viewer) for c in cards), "</main>",
+            f"<script>{SCRIPT}</script>"]
+    if splat_viewer:
+        body.append(f'<script type="module">{splats.SCRIPT}</script>')
+    body += ["</body>", "</html>"]
     return "\n".join(head + body) + "\n"
