@@ -12,9 +12,12 @@ viewer welds them):
   on a 48^3 grid; the mesh's inside is its voxelised surface with the holes filled);
 - components, watertight (of the whole mesh), genus of the largest component (from
   its Euler characteristic; a torus wants 1, every other primitive 0);
-- seconds: the run's training and export time from run.json.
-The issue's bars: one watertight component, roughness <= 6 degrees, IoU >= 0.85 (cube,
-sphere, cone, cylinder, pyramid), the torus's hole in 4 of 5 seeds.
+- seconds: the run's training and export time from run.json;
+- views right (with --eval): of 8 turntable views, how many `dream3d eval`'s classifier
+  reads as the prompt's object and colour.
+The bars: one watertight component, roughness <= 6 degrees, IoU >= 0.85 (cube, sphere,
+cone, cylinder, pyramid), the torus's hole (genus 1) in 4 of 5 seeds, 7 of 8 views right.
+A summary table gives, per prompt over its seeds, how many runs meet each bar.
 """
 from __future__ import annotations
 
@@ -142,6 +145,35 @@ def measure(run: Path, prompt: str | None = None) -> dict:
 
 
 # ---------------------------------------------------------------- running
+def views_right(run: Path) -> int:
+    """Turntable views (of 8) that the evaluation classifier reads as the prompt's object and colour."""
+    from dream3d.evaluation.evaluate import evaluate_run
+
+    r = evaluate_run(run)
+    return sum(v["object"] == r["object"] and v["colour"] == r["colour"] for v in r["views"])
+
+
+def bars(r: dict) -> dict[str, bool]:
+    """Which of the clean-geometry bars one measured run meets."""
+    kind = shape_of(r["prompt"])
+    shape_ok = r["genus"] == 1 if kind == "torus" else r["iou"] >= 0.85
+    out = {"one watertight component": r["components"] == 1 and r["watertight"], "roughness <= 6": r["roughness"] <= 6.0,
+           "IoU >= 0.85 / torus hole": shape_ok}
+    if r.get("views") is not None:
+        out["views >= 7/8"] = r["views"] >= 7
+    return out
+
+
+def summary(rows: list[dict]) -> list[str]:
+    """Markdown lines: per prompt, runs meeting each bar out of its runs."""
+    names = list(bars(rows[0]))
+    lines = ["| prompt | runs | " + " | ".join(names) + " |", "| --- | --- |" + " --- |" * len(names)]
+    for prompt in dict.fromkeys(r["prompt"] for r in rows):
+        mine = [bars(r) for r in rows if r["prompt"] == prompt]
+        lines.append(f"| {prompt} | {len(mine)} | " + " | ".join(f"{sum(b[n] for b in mine)}/{len(mine)}" for n in names) + " |")
+    return lines
+
+
 def generate(prompt: str, preset: str, seed: int, out: Path, extra: list[str]) -> Path:
     folder = out / f"{prompt.replace(' ', '-')}-s{seed}"
     cmd = [str(Path(sys.executable).parent / "dream3d"), "generate", prompt, "--preset", preset, "--seed", str(seed),
@@ -159,6 +191,7 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="*", type=int, default=[0])
     ap.add_argument("--jobs", type=int, default=1, help="generates at once, one torch thread each")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--eval", action="store_true", help="also read 8 turntable views with `dream3d eval`")
     ap.add_argument("extra", nargs="*", help="more generate flags, after --")
     args = ap.parse_args()
     if args.runs:
@@ -171,12 +204,19 @@ def main() -> None:
         with ThreadPoolExecutor(args.jobs) as pool:
             runs = list(pool.map(lambda ps: generate(ps[0], args.preset, ps[1], out, args.extra), todo))
         print(f"generated {len(runs)} runs in {time.time() - start:.0f} s under {out}")
-    print("| prompt | seed | faces | roughness (deg) | IoU | components | watertight | genus | seconds |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| prompt | seed | faces | roughness (deg) | IoU | components | watertight | genus | views right | seconds |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    rows = []
     for run in runs:
         r = measure(run)
+        r["views"] = views_right(run) if args.eval else None
+        rows.append(r)
+        views = "-" if r["views"] is None else f"{r['views']}/8"
         print(f"| {r['prompt']} | {r['seed']} | {r['faces']} | {r['roughness']:.1f} | {r['iou']:.2f} | "
-              f"{r['components']} | {'yes' if r['watertight'] else 'no'} | {r['genus']} | {r['seconds']:.0f} |")
+              f"{r['components']} | {'yes' if r['watertight'] else 'no'} | {r['genus']} | {views} | {r['seconds']:.0f} |",
+              flush=True)
+    print()
+    print("\n".join(summary(rows)))
 
 
 if __name__ == "__main__":

@@ -39,3 +39,16 @@ def test_genus_roughness_and_components():
     fold = trimesh.Trimesh([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], [[0, 1, 2], [0, 3, 1]], process=False)
     assert G.roughness(fold) == pytest.approx(90.0)
     assert G.shape_of("a Yellow torus") == "torus" and G.shape_of("a red chair") is None
+
+
+def test_bars_and_summary_count_each_bar():
+    good = {"prompt": "a red cube", "components": 1, "watertight": True, "roughness": 4.0, "iou": 0.9, "genus": 0,
+            "views": 8}
+    rough = {**good, "roughness": 6.5, "views": 6}
+    holed = {**good, "prompt": "a blue torus", "genus": 1, "iou": 0.5, "components": 2}
+    assert G.bars(good) == dict.fromkeys(G.bars(good), True)
+    assert not G.bars(rough)["roughness <= 6"] and not G.bars(rough)["views >= 7/8"]
+    assert G.bars(holed)["IoU >= 0.85 / torus hole"] and not G.bars(holed)["one watertight component"]
+    lines = G.summary([good, rough, holed])
+    assert lines[2] == "| a red cube | 2 | 2/2 | 1/2 | 2/2 | 1/2 |"
+    assert lines[3] == "| a blue torus | 1 | 0/1 | 1/1 | 1/1 | 1/1 |"
