@@ -69,8 +69,8 @@ class ExportConfig:
     surface can have hundreds of thousands of faces, which xatlas takes many minutes to unwrap."""
     texture_size: int = 1024
     """Side of the baked albedo texture (xatlas UVs); 0 = vertex colours only."""
-    video_resolution: int = 128
-    """Side of the turntable video frames in pixels."""
+    video_resolution: int = 512
+    """Side of each turntable panel in pixels (the MP4; the GIF is scaled down to at most 256 rows)."""
     video_panels: list[VideoPanel] = field(default_factory=lambda: ["rgb", "normal"])
     """Turntable panels side by side: any of rgb, normal, depth."""
     video_frames: int = 60

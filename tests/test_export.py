@@ -407,6 +407,49 @@ def test_normal_and_depth_pictures_by_hand():
     assert auto[0, 0, 0] > auto[0, 1, 0] > auto[0, 2, 0] > 0  # near is brighter
 
 
+def test_gif_is_scaled_down_and_the_mp4_kept_full_size(tmp_path):
+    left = solid_frames(5, 32, 32)
+    frames = np.concatenate([left, 1.0 - left], axis=2)  # two panels side by side, as a turntable's rgb | normal
+    write_turntable(frames, tmp_path / "t.mp4", tmp_path / "t.gif", fps=10, gif_max_height=16)
+    reader = imageio.get_reader(tmp_path / "t.mp4", format="FFMPEG")
+    assert reader.get_meta_data()["size"] == (64, 32) and reader.count_frames() == 5
+    reader.close()
+    gif = np.stack(imageio.mimread(tmp_path / "t.gif"))[..., :3] / 255.0
+    assert gif.shape == (5, 16, 32, 3)
+    # An even factor averages pixels of one panel only: the panels stay apart, no blended seam.
+    np.testing.assert_allclose(gif[:, :, :16], left[:, :16, :16], atol=TOL)
+    np.testing.assert_allclose(gif[:, :, 16:], 1.0 - left[:, :16, :16], atol=TOL)
+    # By default a GIF taller than video_mod.GIF_MAX_HEIGHT rows is scaled down to it.
+    assert video_mod.GIF_MAX_HEIGHT == 256
+    tall = (solid_frames(2, 260, 520) * 255).round().astype(np.uint8)
+    write_turntable(tall, None, tmp_path / "tall.gif")
+    assert np.stack(imageio.mimread(tmp_path / "tall.gif")).shape[:3] == (2, 256, 512)
+
+
+def test_default_turntable_is_512_per_panel_rgb_and_normal():
+    from dream3d import presets
+    from dream3d.config import ExportConfig
+    from dream3d.limits import check_memory, export_memory
+
+    default = ExportConfig()
+    assert default.video_resolution == 512 and default.video_panels == ["rgb", "normal"] and default.video_frames == 60
+    cfg = presets.resolve(None, {"prompt": "a red cube"}, [])  # what `dream3d generate "..."` runs
+    assert cfg.stages[-1].representation.name == "dmtet"  # a mesh: its turntable renders fast
+    ex = cfg.export
+    assert (ex.video_resolution, ex.video_panels, ex.video_frames, ex.texture_size) == (512, ["rgb", "normal"], 60, 1024)
+    need = export_memory(ex)
+    assert need["video_resolution"][0] < 3 << 30  # 60 frames of two 512^2 panels and one render batch
+    check_memory(ex, available=4 << 30)  # a machine with 4 GiB to spare exports the default
+    # Presets that end in a mesh get the same turntable; the CPU presets ending in a NeRF keep 128
+    # (volume rendering 512^2 frames on CPU takes minutes: see their yaml).
+    for name in presets.preset_names():
+        c = presets.resolve(name, {"prompt": "a red cube"}, [])
+        if c.stages[-1].representation.name == "dmtet":
+            assert c.export.video_resolution >= 512, name
+        elif not name.endswith("-full"):
+            assert c.export.video_resolution == 128, name
+
+
 # ------------------------------------------------------------------ export_representation
 class FakeSphere(Representation):
     """An analytic sphere: ray-traced renders and an icosphere mesh, coloured by its normal."""
@@ -481,6 +524,21 @@ def test_export_representation_writes_everything(tmp_path, recwarn):
         np.testing.assert_allclose(frames[0, 11:13, 11:13].mean((0, 1)), 0.5 + 0.4 * n, atol=0.05)
         np.testing.assert_allclose(frames[0, 11:13, 35:37].mean((0, 1)), 0.5 * n + 0.5, atol=0.05)
         np.testing.assert_allclose(frames[0, 0, 0], 0.7, atol=0.03)  # background
+
+
+def test_export_writes_a_full_size_mp4_and_a_smaller_gif(tmp_path, monkeypatch):
+    monkeypatch.setattr(video_mod, "GIF_MAX_HEIGHT", 12)  # the default 256 at a size a test renders quickly
+    files = run_export(FakeSphere(), tmp_path, mesh=False, video_resolution=24, n_frames=6)
+    reader = imageio.get_reader(files["mp4"], format="FFMPEG")
+    meta, count = reader.get_meta_data(), reader.count_frames()  # count_frames decodes the whole stream
+    reader.close()
+    assert meta["size"] == (48, 24) and count == 6 and meta["codec"] == "h264"  # rgb | normal, full size
+    gif = np.stack(imageio.mimread(files["gif"]))[..., :3] / 255.0
+    assert gif.shape == (6, 12, 24, 3)
+    el = np.radians(CameraConfig().eval_elevation)
+    n = np.array([0.0, np.sin(el), np.cos(el)])  # frame 0's centre: the normal facing the camera
+    np.testing.assert_allclose(gif[0, 5:7, 5:7].mean((0, 1)), 0.5 + 0.4 * n, atol=0.05)  # rgb panel
+    np.testing.assert_allclose(gif[0, 5:7, 17:19].mean((0, 1)), 0.5 * n + 0.5, atol=0.05)  # normal panel
 
 
 def test_export_representation_warns_when_mesh_colours_are_darker(tmp_path):

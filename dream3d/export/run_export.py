@@ -29,6 +29,7 @@ from dream3d.cameras import CameraConfig, turntable
 from dream3d.errors import UserError
 from dream3d.export.mesh import clean, decimate, mesh_files, sample_texture
 from dream3d.export.texture import AlbedoFn, bake_texture, unwrap
+from dream3d.export import video as video_module
 from dream3d.export.video import depth_to_rgb, normal_to_rgb, side_by_side, write_turntable
 from dream3d.limits import check_export_values
 from dream3d.representations.base import Representation
@@ -202,7 +203,9 @@ def _export_video(rep, out_dir, camera_cfg, n_frames, resolution, background, fp
             warnings.warn(f"the representation renders no {name}s: the video has no {name} panel",
                           RuntimeWarning, stacklevel=3)
     frames = side_by_side(pictures or [rgb])
-    mp4, gif = write_turntable(frames, out_dir / "turntable.mp4", out_dir / "turntable.gif", fps, group=group)
+    # The MP4 at full size; the GIF (the fallback where a browser cannot play it) scaled down.
+    mp4, gif = write_turntable(frames, out_dir / "turntable.mp4", out_dir / "turntable.gif", fps, group=group,
+                               gif_max_height=video_module.GIF_MAX_HEIGHT)
     return {"mp4": mp4, "gif": gif}
 
 
