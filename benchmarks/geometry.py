@@ -110,6 +110,8 @@ def fit_iou(mesh: trimesh.Trimesh, kind: str, steps: int = 200, n: int = GRID) -
         iou = (occ * inside).sum() / (occ + inside - occ * inside).sum()
         opt.zero_grad()
         (-iou).backward()
+        for p in (size, shift, yaw):  # the cone's exact distance has a NaN gradient where it is 0: skip those
+            p.grad.nan_to_num_(0.0)
         opt.step()
     with torch.no_grad():
         q = P.rotate_y((grid - shift)[None], torch.rad2deg(yaw))

@@ -119,7 +119,8 @@ def _given_options(ctx: typer.Context, but: tuple[str, ...] = ()) -> list[str]:
     return given
 
 
-EXPORT_FLAGS = {"mesh_resolution": "--resolution", "texture_size": "--texture", "decimate_faces": "--decimate"}
+EXPORT_FLAGS = {"mesh_resolution": "--resolution", "texture_size": "--texture", "decimate_faces": "--decimate",
+                "smooth_iterations": "--smooth"}
 
 
 @app.command()
@@ -132,6 +133,7 @@ def export(
     texture: Optional[int] = typer.Option(None, help="Baked texture size (0 = vertex colours only)."),
     panels: Optional[List[str]] = typer.Option(None, "--panel", help="Video panel: rgb, normal, depth (repeatable)."),
     decimate: Optional[int] = typer.Option(None, help="Decimate the mesh to about this many faces."),
+    smooth: Optional[int] = typer.Option(None, help="Taubin smoothing passes of the mesh clean-up (0 = none)."),
 ) -> None:
     """Rebuild the mesh and video from a run folder alone. All files of the export are replaced
     together; a failed, interrupted or killed export keeps the earlier ones."""
@@ -139,7 +141,8 @@ def export(
     from dream3d.limits import check_export_values
 
     formats = list(format) if format else None
-    settings = {"mesh_resolution": resolution, "texture_size": texture, "decimate_faces": decimate}
+    settings = {"mesh_resolution": resolution, "texture_size": texture, "decimate_faces": decimate,
+                "smooth_iterations": smooth}
     check_export_values(settings, EXPORT_FLAGS)  # the checks config.validate runs, before the run is loaded
     try:
         files = pipeline.export_run(run_dir, names=EXPORT_FLAGS, mesh=mesh, video=video, formats=formats,

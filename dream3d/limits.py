@@ -43,7 +43,10 @@ EXPORT_RANGES: dict[str, Range] = {
     "texture_size": Range(16, 16384, zero="vertex colours only"),
     "video_resolution": Range(16, 4096),
     "video_frames": Range(1, 100_000),
+    "smooth_iterations": Range(1, 100_000, zero="no smoothing"),
+    "max_hole_edges": Range(3, 100_000_000, zero="leave holes open"),
 }
+FRACTION_KEYS = ("min_component_fraction",)  # export settings that are a share in [0, 1]
 
 GRID_BYTES_PER_POINT = 48
 TEXTURE_BYTES_PER_TEXEL = 220
@@ -77,11 +80,17 @@ def check_export_values(values: Mapping[str, Any], names: Mapping[str, str] | No
         ok = type(value) is int and (rng.low <= value <= rng.high or (rng.zero is not None and value == 0))
         if not ok:
             raise UserError(f"{_name(key, names)} must be {rng.text()}, got {_short(value)}")
+    for key in FRACTION_KEYS:
+        value = values.get(key)
+        if value is None:
+            continue
+        if type(value) not in (int, float) or not 0.0 <= value <= 1.0:  # NaN fails the comparison too
+            raise UserError(f"{_name(key, names)} must be a number between 0 and 1, got {_short(value)}")
 
 
 def check_export(export: Any, names: Mapping[str, str] | None = None) -> None:
     """Range-check an ExportConfig (or anything with its fields)."""
-    check_export_values({k: getattr(export, k) for k in EXPORT_RANGES}, names)
+    check_export_values({k: getattr(export, k, None) for k in (*EXPORT_RANGES, *FRACTION_KEYS)}, names)
 
 
 # ---------------------------------------------------------------- memory

@@ -195,6 +195,7 @@ def export_run(run_dir: Path, rep=None, cfg: RunConfig | None = None, names: dic
     files. A failure is recorded in run.json: status `failed` (or `interrupted`) with stage
     `export` and the error, unless the run was already `done` (its earlier files are intact):
     then only `export_error` is set."""
+    from dream3d.export.cleanup import CleanupSettings
     from dream3d.export.run_export import export_representation
     from dream3d.limits import check_export, check_memory
     from dream3d.training.stop import interrupt_on_signal
@@ -211,12 +212,15 @@ def export_run(run_dir: Path, rep=None, cfg: RunConfig | None = None, names: dic
         check_memory(ex, names)
         tidy_run_folder(run_dir)
         t0 = time.perf_counter()
+        cleanup_record: dict = {}
+        cleanup = CleanupSettings(smooth_iterations=ex.smooth_iterations, max_hole_edges=ex.max_hole_edges,
+                                  min_component_fraction=ex.min_component_fraction)
         try:
             files = export_representation(
                 rep, run_dir, mesh=ex.mesh, video=ex.video, formats=ex.formats, mesh_resolution=ex.mesh_resolution,
                 video_resolution=ex.video_resolution, n_frames=ex.video_frames, background=ex.background,
                 camera_cfg=cfg.camera, decimate_faces=ex.decimate_faces or None, texture_size=ex.texture_size,
-                video_panels=ex.video_panels,
+                video_panels=ex.video_panels, cleanup=cleanup, cleanup_record=cleanup_record,
             )
             splats = splat_stage_rep(run_dir, cfg, rep) if ex.mesh else None
             if splats is not None:  # the splats themselves, for 3DGS viewers, whatever the last stage is
@@ -228,6 +232,8 @@ def export_run(run_dir: Path, rep=None, cfg: RunConfig | None = None, names: dic
         timings = dict(info.data.get("timings", {}))
         timings["export_seconds"] = round(time.perf_counter() - t0, 2)
         fixed = {"status": "done", "error": None} if info.data.get("stage") == "export" else {}  # it failed before
+        if cleanup_record:  # what the mesh clean-up did; a video-only export keeps the mesh's record
+            fixed["export_cleanup"] = cleanup_record
         info.update(timings=timings, exports=sorted(p.name for p in files.values()), export_error=None, **fixed)
         return files
 

@@ -74,6 +74,21 @@ def test_export_rebuilds_from_the_folder(tmp_path, tiny_sd_dir):
     res = CliRunner().invoke(app, ["export", str(run), "--no-video", "--format", "ply", "--resolution", "24"])
     assert res.exit_code == 0, res.output
     assert (run / "mesh.ply").is_file() and not (run / "mesh.glb").exists() and not (run / "turntable.mp4").exists()
+    done = json.loads((run / "run.json").read_text())["export_cleanup"]  # what the mesh clean-up did
+    assert done["steps"][0] == "weld" and "smooth" in done["steps"] and done["steps"][-1] == "orient"
+    assert done["parts"] >= 1 and done["faces_out"] == len(trimesh.load(run / "mesh.ply", process=False).faces)
+
+    # A run folder from before the clean-up knobs existed loads with their defaults; the ones
+    # its config.yaml gives, and --smooth, are honoured.
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    del cfg["export"]["smooth_iterations"], cfg["export"]["min_component_fraction"]
+    cfg["export"]["max_hole_edges"] = 0
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    res = CliRunner().invoke(app, ["export", str(run), "--no-video", "--format", "ply", "--resolution", "24",
+                                   "--smooth", "0"])
+    assert res.exit_code == 0, res.output
+    steps = json.loads((run / "run.json").read_text())["export_cleanup"]["steps"]
+    assert "weld" in steps and not [s for s in steps if "smooth" in s or "holes" in s]
 
 
 def test_resume_after_interrupt_matches_uninterrupted(tmp_path, tiny_sd_dir):

@@ -123,6 +123,10 @@ CASES = [
      "--texture must be 0 (vertex colours only) or between 16 and 16384, got 8", 2),
     ("export-texture-too-big-for-memory", ["export", "{run}", "--texture", 16384], None,
      "--texture 16384: baking a 16384x16384 texture needs about 55.0 GiB of memory", 2),
+    ("export-smooth-negative", ["export", "{run}", "--smooth", -1], None,
+     "--smooth must be 0 (no smoothing) or between 1 and 100000, got -1", 2),
+    ("floater-fraction-above-one", ["generate", "a red cube", "--set", "export.min_component_fraction=2"], None,
+     "export.min_component_fraction must be a number between 0 and 1, got 2", 2),
     ("export-after-killed-exports", ["export", "{run}", "--no-video", "--format", "ply"], stale_temporaries, None, 0),
     ("export-after-half-done-renames", ["export", "{run}", "--no-video", "--format", "ply"], half_done_renames, None, 0),
 ]

@@ -384,7 +384,9 @@ def test_export_writes_textured_glb_obj_and_vertex_coloured_ply(tmp_path, recwar
     ply = trimesh.load(files["ply"], process=False)
     assert ply.visual.kind == "vertex"
     ply_colours = ply.visual.vertex_colors[:, :3] / 255.0
-    np.testing.assert_allclose(ply_colours, field(np.asarray(ply.vertices)), atol=1 / 255 + 1e-6)
+    # smoothing moved the vertices; their colours are read off the extracted surface, exact up to
+    # the field's bend across one face of this coarse sphere
+    np.testing.assert_allclose(ply_colours, field(np.asarray(ply.vertices)), atol=0.01)
 
 
 def test_failed_bake_writes_the_untextured_mesh_and_says_so(tmp_path):
@@ -427,9 +429,9 @@ def test_video_panels_side_by_side(tmp_path, panels):
 
 
 def test_slivers_left_by_decimation_are_dropped_and_several_parts_are_reported(tmp_path, monkeypatch):
-    import dream3d.export.run_export as run_export_module
+    import dream3d.export.cleanup as cleanup_module
 
-    real = run_export_module.decimate
+    real = cleanup_module.decimate
 
     def decimate_with_sliver(mesh, target):
         out = real(mesh, target)
@@ -439,7 +441,7 @@ def test_slivers_left_by_decimation_are_dropped_and_several_parts_are_reported(t
         colours = torch.cat([out.vertex_colors, torch.full((3, 3), 0.5)])
         return Mesh(torch.cat([out.vertices, sliver_v]), torch.cat([out.faces, sliver_f]), colours)
 
-    monkeypatch.setattr(run_export_module, "decimate", decimate_with_sliver)
+    monkeypatch.setattr(cleanup_module, "decimate", decimate_with_sliver)
     files = run_export(AnalyticSphere(), tmp_path, formats=["ply"], decimate_faces=1000, texture_size=0)
     ply = trimesh.load(files["ply"], process=True)
     assert ply.body_count == 1 and ply.is_watertight

@@ -10,6 +10,9 @@ killed export leaves the files of the earlier export as they were: never a new
 mesh.glb beside an old mesh.obj. A full disk raises `DiskFull` (one line: the folder and
 about how much space the export needed).
 
+Before any file is written the mesh is cleaned up (`dream3d.export.cleanup`: floaters
+dropped, small holes closed, Taubin smoothing, quadric decimation, outward winding).
+
 With `texture_size > 0` the mesh is UV-unwrapped and its albedo baked into a texture
 (GLB, OBJ + MTL + PNG); the PLY keeps vertex colours. If unwrapping or baking fails,
 the untextured (vertex-coloured) mesh is written instead and a RuntimeWarning says so.
@@ -18,16 +21,17 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-import trimesh
 
 from dream3d.atomic import FileGroup
 from dream3d.cameras import CameraConfig, turntable
 from dream3d.errors import UserError
-from dream3d.export.mesh import clean, decimate, mesh_files, sample_texture
+from dream3d.export.cleanup import CleanupSettings, cleanup_mesh
+from dream3d.export.mesh import clean, mesh_files, sample_texture
 from dream3d.export.texture import AlbedoFn, bake_texture, unwrap
 from dream3d.export import video as video_module
 from dream3d.export.video import depth_to_rgb, normal_to_rgb, side_by_side, write_turntable
@@ -142,21 +146,19 @@ def _warn_colour_gap(mesh_lum: float | None, render_lum: float | None, what: str
 
 
 def _export_mesh(rep, out_dir, formats, mesh_resolution, decimate_faces, camera_cfg, video_resolution, background,
-                 texture_size=0):
+                 texture_size=0, cleanup: CleanupSettings = CleanupSettings(), record: dict | None = None):
     mesh = rep.extract_mesh(mesh_resolution)
     try:
-        mesh = clean(mesh)
+        mesh = clean(mesh, min_component_fraction=0.0)  # which pieces stay is the clean-up's choice
     except ValueError as e:  # an empty or degenerate surface is the run's result, not a bug
         raise UserError(f"the extracted mesh is unusable ({e}); the run may not have converged") from e
-    if decimate_faces and len(mesh.faces) > decimate_faces:
-        if mesh.uv is not None:
-            warnings.warn("not decimating: the mesh is already UV-unwrapped and textured", RuntimeWarning, stacklevel=3)
-        else:  # decimation can leave slivers (two faces back to back) apart from the surface: clean again
-            mesh = clean(decimate(mesh, decimate_faces))
-    parts = trimesh.Trimesh(mesh.vertices.numpy(), mesh.faces.numpy(), process=True).body_count
-    if parts > 1:
-        warnings.warn(f"the mesh keeps {parts} separate parts (each at least 5% of the largest one's area)",
+    if mesh.uv is not None:
+        warnings.warn("not cleaning up or decimating: the mesh is already UV-unwrapped and textured",
                       RuntimeWarning, stacklevel=3)
+    else:  # pieces, holes, smoothing, decimation, winding: dream3d.export.cleanup
+        mesh, done = cleanup_mesh(mesh, replace(cleanup, decimate_faces=decimate_faces or None))
+        if record is not None:
+            record.update(done)
     check_resolution = min(video_resolution, 128)
     mesh_lum = mesh_luminance(mesh)
     render_lum = None if mesh_lum is None else albedo_render_luminance(rep, camera_cfg, check_resolution, background)
@@ -225,6 +227,8 @@ def export_representation(
     fps: float = 24.0,
     texture_size: int = 0,
     video_panels: Sequence[str] = ("rgb", "normal"),
+    cleanup: CleanupSettings | None = None,
+    cleanup_record: dict | None = None,
 ) -> dict[str, Path]:
     """Write mesh.<format> for each of `formats` (obj adds mtl / png when textured) and
     turntable.mp4 / turntable.gif (`video_panels` side by side, any of rgb, normal,
@@ -234,6 +238,10 @@ def export_representation(
     texture_size: 0 writes vertex colours only; N > 0 bakes the albedo into an N x N
     texture for glb and obj (the ply keeps vertex colours); a failed bake writes the
     untextured mesh and warns (RuntimeWarning) instead of failing.
+
+    cleanup: the mesh clean-up's knobs (`dream3d.export.cleanup`; None = its defaults);
+    `cleanup_record`, when given, receives what the clean-up did. A failed clean-up step
+    is skipped with a RuntimeWarning, never failing the export.
 
     Raises ExportIncomplete (a UserError) after writing the video if the mesh could
     not be extracted, DiskFull (a UserError) when the disk fills up; either way no file
@@ -259,8 +267,9 @@ def export_representation(
     try:
         if mesh and formats:
             try:
-                files = _export_mesh(rep, out_dir, formats, mesh_resolution, decimate_faces,
-                                     camera_cfg, video_resolution, background, texture_size)
+                files = _export_mesh(rep, out_dir, formats, mesh_resolution, decimate_faces, camera_cfg,
+                                     video_resolution, background, texture_size, cleanup or CleanupSettings(),
+                                     cleanup_record)
             except UserError as e:
                 mesh_error = e
             else:
