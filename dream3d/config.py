@@ -283,11 +283,33 @@ def registered_table_keys(key: str) -> set[str]:
             for name in own_table(entry.config_class()(), key)}
 
 
+def _takers(kind: str, option: str) -> list[str]:
+    """The components of `kind` whose config has `option`, directly or one section down ("csd (as sds.x)")."""
+    found = []
+    for entry in registry.entries(kind):
+        cfg = entry.config_class()
+        fields = {f.name: f for f in dataclasses.fields(cfg)}
+        if option in fields:
+            found.append(entry.name)
+            continue
+        hints = typing.get_type_hints(cfg)
+        found += [f"{entry.name} (as {n}.{option})" for n in fields
+                  if dataclasses.is_dataclass(hints[n]) and option in {f.name for f in dataclasses.fields(hints[n])}]
+    return found
+
+
 def _component(key: str, data: Any, default: str) -> Component:
     """`key` is where it sits in the config ("representation", "stages.1.guidance")."""
     data = dict(data or {})
     name = data.pop("name", default)
-    entry = registry.lookup(key.rsplit(".", 1)[-1], name)
+    kind = key.rsplit(".", 1)[-1]
+    entry = registry.lookup(kind, name)
+    own = {f.name for f in dataclasses.fields(entry.config_class())}
+    for option in data:  # an option of other components of the kind (guidance.perp_neg on vsd): say which take it
+        takers = _takers(kind, option) if option not in own else []
+        if takers:
+            raise UserError(f"config key '{key}.{option}': {kind} '{name}' cannot use it; "
+                            f"{', '.join(takers)} can")
     return Component(name, from_dict(entry.config_class(), data, key))
 
 

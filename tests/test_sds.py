@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dream3d.cameras import orbit_cameras
+from dream3d.guidance.perp_neg import PerpNegWeights
 from dream3d.guidance.prompt import PromptProcessor
 from dream3d.guidance.sds import SDSConfig, SDSGuidance
 from dream3d.guidance.timesteps import DecreasingTimesteps, RandomTimesteps
@@ -305,6 +306,8 @@ def old_sds(prior, cfg: SDSConfig, out, cams, prompt, progress, generator):
     ("embedded", SDSConfig(guidance_scale=20.0)),
     ("embedded", SDSConfig(guidance_scale=5.0, view_guidance_scale=3.0, t_max=0.5)),
     ("sd", SDSConfig(guidance_scale=100.0, weighting="uniform")),
+    # Perp-Neg off: its weights change nothing
+    ("embedded", SDSConfig(guidance_scale=20.0, perp_neg=False, perp_neg_weights=PerpNegWeights(f_fs=(9.0, 1.0, 1.0)))),
 ])
 def test_default_sds_is_bit_identical_to_the_old_formula(case, request):
     """Same seed, same numbers: the schedule and i.i.d. noise source draw what the old code drew."""

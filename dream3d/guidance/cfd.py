@@ -23,6 +23,7 @@ from torch import Tensor
 
 from dream3d.guidance.base import Guidance
 from dream3d.guidance import common
+from dream3d.guidance.perp_neg import PerpNegWeights
 from dream3d.guidance.prompt import PromptProcessor
 from dream3d.guidance.timesteps import TimestepConfig, build_timesteps
 from dream3d.noise import NoiseConfig, build_noise_source
@@ -46,6 +47,10 @@ class CFDConfig:
     """The t schedule: deterministic and decreasing (t/T from 0.98 to 0.21 by default)."""
     noise: NoiseConfig = field(default_factory=lambda: NoiseConfig(kind="consistent-flow"))
     """The noise source: the surface-attached consistent-flow field by default."""
+    perp_neg: bool = False
+    """Perp-Neg as in SDS: the front and side prompts as negatives, only across the view prompt."""
+    perp_neg_weights: PerpNegWeights = field(default_factory=PerpNegWeights)
+    """Perp-Neg's negative weights by azimuth, f(r) = p0 exp(-p1 r) + p2 (threestudio's defaults)."""
 
 
 class CFDGuidance(Guidance):
@@ -65,6 +70,7 @@ class CFDGuidance(Guidance):
         B, device = x.shape[0], x.device
         t = self.timesteps.sample(B, progress, generator).to(device)
         eps = common.draw_noise(noise, self.noise_source, out, cams, x, generator)
-        g = common.score_gradient(prior, x, t, eps, prompt, cams, c.guidance_scale, c.weighting, c.grad_clip)
+        g = common.score_gradient(prior, x, t, eps, prompt, cams, c.guidance_scale, c.weighting, c.grad_clip,
+                                  perp_neg=c.perp_neg_weights if c.perp_neg else None)
         logs = {"grad_norm": float(g.norm()), "t": float(t.float().mean())}
         return GuidanceOutput(common.distillation_loss(x, g), logs)

@@ -11,6 +11,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from dream3d.guidance.perp_neg import PerpNegWeights, perp_neg_eps
 from dream3d.priors.base import DiffusionPrior
 from dream3d.types import Cameras, RenderOutput
 
@@ -90,14 +91,19 @@ def clip(g: Tensor, limit: float | None) -> Tensor:
 @torch.no_grad()
 def score_gradient(prior: DiffusionPrior, x: Tensor, t: Tensor, eps: Tensor, prompt, cams: Cameras,
                    guidance_scale: float, weighting: str, grad_clip: float | None,
-                   view_guidance_scale: float = 0.0) -> Tensor:
+                   view_guidance_scale: float = 0.0, perp_neg: PerpNegWeights | None = None) -> Tensor:
     """The SDS update g = w(t) (eps_hat(x_t) - eps) with CFG, shared by SDS and the rules that
     differ from it only in their noise and timesteps (CFD, GSD). A non-zero `view_guidance_scale`
-    adds view guidance (`cfg_eps` with the prompt's view-free embedding), in the same UNet call."""
+    adds view guidance (`cfg_eps` with the prompt's view-free embedding), in the same UNet call.
+    With `perp_neg` (its weights) eps_hat is Perp-Neg's (`guidance.perp_neg`), also in one call."""
     a_t = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
     x_t = add_noise(x, eps, a_t)
-    cond, uncond = prompt(cams)
-    plain = prompt.cond_plain.expand_as(cond) if view_guidance_scale else None
-    eps_hat = cfg_eps(prior, x_t, t, cond, uncond, camera_features(prior, cams, x.device), guidance_scale,
-                      plain, view_guidance_scale)
+    camera = camera_features(prior, cams, x.device)
+    if perp_neg is not None:
+        eps_hat = perp_neg_eps(prior, x_t, t, prompt, cams, camera, guidance_scale, perp_neg,
+                               bool(view_guidance_scale), view_guidance_scale)
+    else:
+        cond, uncond = prompt(cams)
+        plain = prompt.cond_plain.expand_as(cond) if view_guidance_scale else None
+        eps_hat = cfg_eps(prior, x_t, t, cond, uncond, camera, guidance_scale, plain, view_guidance_scale)
     return clip(weight(weighting, a_t) * (eps_hat - eps), grad_clip)

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from dream3d.guidance.base import Guidance
 from dream3d.guidance import common
+from dream3d.guidance.perp_neg import PerpNegWeights
 from dream3d.guidance.prompt import PromptProcessor
 from dream3d.guidance.timesteps import TimestepConfig, build_timesteps
 from dream3d.guidance.view_groups import ViewGroup, check_groups
@@ -64,6 +65,10 @@ class GSDConfig:
     """The t schedule (one t per group of views)."""
     noise: NoiseConfig = field(default_factory=lambda: NoiseConfig(kind="geometry-aware"))
     """The noise source: geometry-aware particles by default."""
+    perp_neg: bool = False
+    """Perp-Neg as in SDS: the front and side prompts as negatives, only across the view prompt."""
+    perp_neg_weights: PerpNegWeights = field(default_factory=PerpNegWeights)
+    """Perp-Neg's negative weights by azimuth, f(r) = p0 exp(-p1 r) + p2 (threestudio's defaults)."""
 
 
 def view_pairs(groups: int, size: int, device=None) -> tuple[Tensor, Tensor]:
@@ -131,7 +136,8 @@ class GSDGuidance(Guidance):
         B, device = x.shape[0], x.device
         t = self.timesteps.sample(groups, progress, generator).repeat_interleave(n).to(device)
         eps = common.draw_noise(noise, self.noise_source, out, cams, x, generator)
-        g = common.score_gradient(prior, x, t, eps, prompt, cams, c.guidance_scale, c.weighting, c.grad_clip)
+        g = common.score_gradient(prior, x, t, eps, prompt, cams, c.guidance_scale, c.weighting, c.grad_clip,
+                                  perp_neg=c.perp_neg_weights if c.perp_neg else None)
         logs = {"grad_norm": float(g.norm()), "t": float(t.float().mean())}
         mask, loss_consistency = None, x.new_zeros(())
         if n > 1 and (c.consistency_weight > 0 or c.drop_below is not None):

@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 
 from dream3d.cameras.views import VIEW_NAMES, view_names, with_view
+from dream3d.errors import UserError
+from dream3d.guidance.perp_neg import NEGATIVE_VIEWS, PerpNegWeights, view_weights
 from dream3d.priors.base import DiffusionPrior
 from dream3d.types import Cameras
 
@@ -41,3 +43,17 @@ class PromptProcessor:
         cond = torch.stack([self._views[v] for v in names])
         uncond = self.uncond.unsqueeze(0).expand_as(cond)
         return cond, uncond
+
+    def perp_neg(self, cams: Cameras, weights: PerpNegWeights) -> tuple[Tensor, Tensor, list[Tensor], Tensor]:
+        """Perp-Neg's prompts (`guidance.perp_neg`): positive [B, L, D] (the view prompts mixed by
+        azimuth), uncond [B, L, D], the negatives [B, L, D] each (front, side) and their weights [B, 2]."""
+        if not self.view_dependent:
+            raise UserError("guidance.perp_neg needs view-dependent prompts: set view_dependent: true")
+        overhead = torch.tensor([v == "overhead" for v in view_names(cams.elevation, cams.azimuth)])
+        mix, neg = view_weights(cams.azimuth, overhead, weights)
+        views = torch.stack([self._views[v] for v in VIEW_NAMES])  # [4, L, D]
+        # mixed in float32: interpolating fp16 embeddings would round twice
+        pos = torch.einsum("bv,vld->bld", mix.to(views.device), views.float()).to(views.dtype)
+        uncond = self.uncond.unsqueeze(0).expand_as(pos)
+        negs = [self._views[v].unsqueeze(0).expand_as(pos) for v in NEGATIVE_VIEWS]
+        return pos, uncond, negs, neg

@@ -15,6 +15,10 @@ View guidance (optional, `view_guidance_scale` v): eps_hat += v (eps_c - eps_p),
 eps_p reads the prompt without its view suffix and without the camera, so what the
 view adds to the prediction is amplified (the embedded prior's sampler does the same;
 a prior that learned views faintly otherwise lets the front show from behind).
+
+Perp-Neg (optional, `perp_neg`): the positive prompt is the view prompt interpolated
+between adjacent views by azimuth, and the front and side prompts are negatives with
+only their part perpendicular to the positive direction removed (`guidance.perp_neg`).
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from torch import Tensor
 
 from dream3d.guidance import common
 from dream3d.guidance.base import Guidance
+from dream3d.guidance.perp_neg import PerpNegWeights
 from dream3d.guidance.prompt import PromptProcessor
 from dream3d.guidance.timesteps import TimestepConfig, build_timesteps
 from dream3d.noise import NoiseConfig, build_noise_source
@@ -54,6 +59,10 @@ class SDSConfig:
     """Clamp every element of g to [-grad_clip, grad_clip] (None: no clamp)."""
     view_guidance_scale: float = 0.0
     """v in + v (eps_c - eps_p), eps_p without view suffix and camera (0: off, saves a UNet pass)."""
+    perp_neg: bool = False
+    """Perp-Neg: the front and side prompts as negatives, only across the view prompt (two more UNet passes)."""
+    perp_neg_weights: PerpNegWeights = field(default_factory=PerpNegWeights)
+    """Perp-Neg's negative weights by azimuth, f(r) = p0 exp(-p1 r) + p2 (threestudio's defaults)."""
     timesteps: TimestepConfig = field(default_factory=TimestepConfig)
     """The t schedule: random t in [0.02, 0.98] T per view by default (DreamFusion)."""
     noise: NoiseConfig = field(default_factory=NoiseConfig)
@@ -93,6 +102,6 @@ class SDSGuidance(Guidance):
         # A NaN / inf prediction (fp16 overflow) is left in: the loss turns non-finite and the
         # trainer skips the step, logs it, and stops the run after repeated ones.
         g = common.score_gradient(prior, x, t, eps, prompt, cams, c.guidance_scale, c.weighting, c.grad_clip,
-                                  c.view_guidance_scale)
+                                  c.view_guidance_scale, c.perp_neg_weights if c.perp_neg else None)
         logs = {"grad_norm": float(g.norm()), "t": float(t.float().mean())}
         return GuidanceOutput(common.distillation_loss(x, g), logs)
