@@ -120,7 +120,7 @@ def _given_options(ctx: typer.Context, but: tuple[str, ...] = ()) -> list[str]:
 
 
 EXPORT_FLAGS = {"mesh_resolution": "--resolution", "texture_size": "--texture", "decimate_faces": "--decimate",
-                "smooth_iterations": "--smooth"}
+                "smooth_iterations": "--smooth", "video_resolution": "--video-resolution"}
 
 
 @app.command()
@@ -134,6 +134,8 @@ def export(
     panels: Optional[List[str]] = typer.Option(None, "--panel", help="Video panel: rgb, normal, depth (repeatable)."),
     decimate: Optional[int] = typer.Option(None, help="Decimate the mesh to about this many faces."),
     smooth: Optional[int] = typer.Option(None, help="Taubin smoothing passes of the mesh clean-up (0 = none)."),
+    video_resolution: Optional[int] = typer.Option(None, "--video-resolution",
+                                                   help="Side of each turntable panel in pixels."),
 ) -> None:
     """Rebuild the mesh and video from a run folder alone. All files of the export are replaced
     together; a failed, interrupted or killed export keeps the earlier ones."""
@@ -142,7 +144,7 @@ def export(
 
     formats = list(format) if format else None
     settings = {"mesh_resolution": resolution, "texture_size": texture, "decimate_faces": decimate,
-                "smooth_iterations": smooth}
+                "smooth_iterations": smooth, "video_resolution": video_resolution}
     check_export_values(settings, EXPORT_FLAGS)  # the checks config.validate runs, before the run is loaded
     try:
         files = pipeline.export_run(run_dir, names=EXPORT_FLAGS, mesh=mesh, video=video, formats=formats,

@@ -36,6 +36,7 @@ from dream3d.export.texture import AlbedoFn, bake_texture, unwrap
 from dream3d.export import video as video_module
 from dream3d.export.video import depth_to_rgb, normal_to_rgb, side_by_side, write_turntable
 from dream3d.limits import check_export_values
+from dream3d.render.textured_mesh import MeshAsset
 from dream3d.representations.base import Representation
 from dream3d.types import MESH_FORMATS, VIDEO_PANELS, Cameras, Mesh
 
@@ -186,7 +187,13 @@ def _export_mesh(rep, out_dir, formats, mesh_resolution, decimate_faces, camera_
     for fmt in formats:
         out_mesh = textured if textured is not None and fmt != "ply" else mesh
         files.update(mesh_files(out_mesh, out_dir / f"mesh.{fmt}", fmt))
-    return files
+    return files, textured if textured is not None else mesh
+
+
+def _lighting(rep: Representation) -> tuple[float, float]:
+    """(ambient, diffuse) of the representation's own renders, so its mesh is lit alike."""
+    cfg = getattr(rep, "cfg", None)
+    return float(getattr(cfg, "ambient", 0.4)), float(getattr(cfg, "diffuse", 0.6))
 
 
 def _export_video(rep, out_dir, camera_cfg, n_frames, resolution, background, fps, panels=("rgb", "normal"),
@@ -263,11 +270,12 @@ def export_representation(
     rep.eval()  # no training-time randomness (jittered samples, random backgrounds) in exports
     written: dict[str, Path] = {}
     mesh_error: UserError | None = None
+    exported: Mesh | None = None
     group = FileGroup(out_dir, "the export", "; the files of the earlier export were kept")
     try:
         if mesh and formats:
             try:
-                files = _export_mesh(rep, out_dir, formats, mesh_resolution, decimate_faces, camera_cfg,
+                files, exported = _export_mesh(rep, out_dir, formats, mesh_resolution, decimate_faces, camera_cfg,
                                      video_resolution, background, texture_size, cleanup or CleanupSettings(),
                                      cleanup_record)
             except UserError as e:
@@ -278,7 +286,11 @@ def export_representation(
                     group.write(path, data)
                     written[path.suffix.lstrip(".")] = path
         if video:
-            written.update(_export_video(rep, out_dir, camera_cfg, n_frames, video_resolution, background, fps,
+            # An explicit surface's asset is the mesh file itself (cleaned, smoothed, textured): show that.
+            shown = rep
+            if exported is not None and rep.is_explicit_surface:
+                shown = MeshAsset(exported, *_lighting(rep), device=_device(rep))
+            written.update(_export_video(shown, out_dir, camera_cfg, n_frames, video_resolution, background, fps,
                                          tuple(video_panels), group=group))
         group.commit()  # every file of this export moves into place together
     finally:

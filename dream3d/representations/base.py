@@ -23,6 +23,10 @@ class Representation(nn.Module):
     """How far inside its extracted surface the albedo field is read when a texture is baked, as
     a fraction of the mesh's bounding-box diagonal: 0 for an explicit surface, whose field is
     trained on the surface itself; a volume's isosurface lies in its fuzzy edge."""
+    is_explicit_surface: ClassVar[bool] = False
+    """True when the representation is a triangle surface that its exported mesh reproduces (up to
+    clean-up and smoothing): its turntable then shows the exported mesh file itself. A volume or
+    splats are their own asset and show themselves."""
 
     def render(self, cams: Cameras, background: Tensor, shading: str = "diffuse", light_dir: Tensor | None = None) -> RenderOutput:
         """Render every camera. background [B, 3] solid colours in [0, 1]; shading is

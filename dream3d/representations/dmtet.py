@@ -99,6 +99,8 @@ def blur_grid(values: Tensor, n: int, sigma: float) -> Tensor:
 
 
 class DMTet(Representation):
+    is_explicit_surface = True
+
     def __init__(self, cfg: DMTetConfig | None = None):
         super().__init__()
         self.cfg = cfg = cfg or DMTetConfig()
