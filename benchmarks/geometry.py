@@ -11,12 +11,14 @@ viewer welds them):
   (centre, size and turn about +Y fitted by Adam on a soft occupancy, then scored hard
   on a 48^3 grid; the mesh's inside is its voxelised surface with the holes filled);
 - components, watertight (of the whole mesh), genus of the largest component (from
-  its Euler characteristic; a torus wants 1, every other primitive 0);
+  its Euler characteristic; a torus wants 1, every other primitive 0); hole: whether one
+  can look down through the middle of its footprint (a torus's hole, not a pinhole handle);
 - seconds: the run's training and export time from run.json;
 - views right (with --eval): of 8 turntable views, how many `dream3d eval`'s classifier
   reads as the prompt's object and colour.
 The bars: one watertight component, roughness <= 6 degrees, IoU >= 0.85 (cube, sphere,
-cone, cylinder, pyramid), the torus's hole (genus 1) in 4 of 5 seeds, 7 of 8 views right.
+cone, cylinder, pyramid), the torus's hole (genus >= 1 and open through the middle) in 4 of 5
+seeds, 7 of 8 views right.
 A summary table gives, per prompt over its seeds, how many runs meet each bar.
 """
 from __future__ import annotations
@@ -127,6 +129,18 @@ def roughness(mesh: trimesh.Trimesh) -> float:
     return float(np.degrees((angles * areas).sum() / areas.sum()))
 
 
+def hole_through_centre(mesh: trimesh.Trimesh, n: int = GRID) -> bool:
+    """True when the vertical line through the middle of the mesh's footprint (its bounding
+    box's x-z centre, 2 x 2 columns of an n^3 occupancy grid) crosses no occupied cell: a hole
+    one can look through from above, not a pinhole handle somewhere in the surface."""
+    lo, hi = mesh.bounds
+    span = float((hi - lo).max()) * 1.2
+    centre = (lo + hi) / 2
+    inside = occupancy(mesh, centre - span / 2, span / n, n)
+    mid = n // 2
+    return not inside[mid - 1:mid + 1, :, mid - 1:mid + 1].any()
+
+
 def genus(mesh: trimesh.Trimesh) -> int:
     """Genus from the Euler characteristic V - E + F = 2 - 2g of a closed surface."""
     return int(round((2 - mesh.euler_number) / 2))
@@ -143,7 +157,8 @@ def measure(run: Path, prompt: str | None = None) -> dict:
     seconds = sum(v for k, v in info.get("timings", {}).items() if k.endswith("_seconds"))
     return {"prompt": prompt, "seed": info.get("seed"), "faces": len(geom.faces), "roughness": roughness(geom),
             "iou": fit_iou(geom, kind) if kind else float("nan"), "components": len(parts),
-            "watertight": bool(geom.is_watertight), "genus": genus(main), "seconds": seconds}
+            "watertight": bool(geom.is_watertight), "genus": genus(main), "hole": hole_through_centre(geom),
+            "seconds": seconds}
 
 
 # ---------------------------------------------------------------- running
@@ -158,7 +173,7 @@ def views_right(run: Path) -> int:
 def bars(r: dict) -> dict[str, bool]:
     """Which of the clean-geometry bars one measured run meets."""
     kind = shape_of(r["prompt"])
-    shape_ok = r["genus"] == 1 if kind == "torus" else r["iou"] >= 0.85
+    shape_ok = (r["genus"] >= 1 and r["hole"]) if kind == "torus" else r["iou"] >= 0.85
     out = {"one watertight component": r["components"] == 1 and r["watertight"], "roughness <= 6": r["roughness"] <= 6.0,
            "IoU >= 0.85 / torus hole": shape_ok}
     if r.get("views") is not None:
@@ -206,8 +221,9 @@ def main() -> None:
         with ThreadPoolExecutor(args.jobs) as pool:
             runs = list(pool.map(lambda ps: generate(ps[0], args.preset, ps[1], out, args.extra), todo))
         print(f"generated {len(runs)} runs in {time.time() - start:.0f} s under {out}")
-    print("| prompt | seed | faces | roughness (deg) | IoU | components | watertight | genus | views right | seconds |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| prompt | seed | faces | roughness (deg) | IoU | components | watertight | genus | hole | views right | "
+          "seconds |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     rows = []
     for run in runs:
         r = measure(run)
@@ -215,7 +231,8 @@ def main() -> None:
         rows.append(r)
         views = "-" if r["views"] is None else f"{r['views']}/8"
         print(f"| {r['prompt']} | {r['seed']} | {r['faces']} | {r['roughness']:.1f} | {r['iou']:.2f} | "
-              f"{r['components']} | {'yes' if r['watertight'] else 'no'} | {r['genus']} | {views} | {r['seconds']:.0f} |",
+              f"{r['components']} | {'yes' if r['watertight'] else 'no'} | {r['genus']} | {'yes' if r['hole'] else 'no'} | "
+              f"{views} | {r['seconds']:.0f} |",
               flush=True)
     print()
     print("\n".join(summary(rows)))

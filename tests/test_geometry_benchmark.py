@@ -43,12 +43,23 @@ def test_genus_roughness_and_components():
 
 def test_bars_and_summary_count_each_bar():
     good = {"prompt": "a red cube", "components": 1, "watertight": True, "roughness": 4.0, "iou": 0.9, "genus": 0,
-            "views": 8}
+            "hole": False, "views": 8}
     rough = {**good, "roughness": 6.5, "views": 6}
-    holed = {**good, "prompt": "a blue torus", "genus": 1, "iou": 0.5, "components": 2}
+    holed = {**good, "prompt": "a blue torus", "genus": 1, "hole": True, "iou": 0.5, "components": 2}
+    pinhole = {**holed, "hole": False}  # a handle somewhere in the surface is not the torus's hole
+    assert not G.bars(pinhole)["IoU >= 0.85 / torus hole"]
     assert G.bars(good) == dict.fromkeys(G.bars(good), True)
     assert not G.bars(rough)["roughness <= 6"] and not G.bars(rough)["views >= 7/8"]
     assert G.bars(holed)["IoU >= 0.85 / torus hole"] and not G.bars(holed)["one watertight component"]
     lines = G.summary([good, rough, holed])
     assert lines[2] == "| a red cube | 2 | 2/2 | 1/2 | 2/2 | 1/2 |"
     assert lines[3] == "| a blue torus | 1 | 0/1 | 1/1 | 1/1 | 1/1 |"
+
+
+def test_hole_through_the_centre_tells_a_torus_from_a_pinhole():
+    torus = trimesh.creation.torus(0.4, 0.15).apply_transform(UPRIGHT)
+    assert G.hole_through_centre(torus)
+    assert not G.hole_through_centre(trimesh.creation.icosphere(3, 0.5))
+    # genus 1, but its hole (radius 0.01) is narrower than a grid cell: nothing to see through
+    pinhole = trimesh.creation.torus(0.3, 0.29, major_sections=64, minor_sections=32).apply_transform(UPRIGHT)
+    assert G.genus(pinhole) == 1 and not G.hole_through_centre(pinhole)
