@@ -256,6 +256,9 @@ def prior_train(
     resume: bool = typer.Option(True, "--resume/--restart", help="Continue from the folder's checkpoint if present."),
     shards: int = typer.Option(24, help="Pre-rendered data shards (2,048 images each) to make first; existing ones are kept."),
     suffix_prob: float = typer.Option(0.5, help="Share of captions that carry their view suffix (', back view')."),
+    views: int = typer.Option(1, help="Views per group: 4 trains the joint multi-view prior (groups 90 degrees "
+                              "apart, for --guidance mvsds); 1 the single-view one."),
+    single_view_fraction: float = typer.Option(0.3, help="With --views above 1: share of steps on single views."),
 ) -> None:
     """Train the embedded prior on procedural renders (resumable: Ctrl-C and run again)."""
     if "torch" not in sys.modules:
@@ -264,6 +267,8 @@ def prior_train(
         import os
 
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from functools import partial
+
     from dream3d.procedural.dataset import shard_path, write_shard
     from dream3d.priors.train_embedded import PriorTrainConfig, train_prior
 
@@ -271,15 +276,24 @@ def prior_train(
         raise UserError("--steps, --batch-size and --shards must be positive")
     if not 0.0 <= suffix_prob <= 1.0:
         raise UserError(f"--suffix-prob must be in [0, 1], got {suffix_prob}")
-    cfg = PriorTrainConfig(steps=steps, batch_size=batch_size, seed=seed, suffix_prob=suffix_prob)
+    if views < 1 or batch_size % views or not 0.0 <= single_view_fraction <= 1.0:
+        raise UserError(f"--views must be at least 1 and divide --batch-size ({batch_size}), and "
+                        f"--single-view-fraction must be in [0, 1]; got {views} and {single_view_fraction}")
+    cfg = PriorTrainConfig(steps=steps, batch_size=batch_size, seed=seed, suffix_prob=suffix_prob, views=views,
+                           single_view_fraction=single_view_fraction)
     res = cfg.model.resolution
-    missing = [i for i in range(shards) if not shard_path(i, res).exists()]
-    if missing:  # each shard is rendered from its own index, so the data set is the same everywhere
+    todo = [partial(write_shard, i, 2048, res) for i in range(shards) if not shard_path(i, res).exists()]
+    if views > 1:  # as many grouped shards, of 2,048 images each
+        from dream3d.procedural.groups import group_shard_path, write_group_shard
+
+        todo += [partial(write_group_shard, i, 2048 // views, res, views)
+                 for i in range(shards) if not group_shard_path(i, res, views).exists()]
+    if todo:  # each shard is rendered from its own index, so the data set is the same everywhere
         with Progress(TextColumn("[bold]data shards"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
                       TimeRemainingColumn(), console=console) as bar:
-            task = bar.add_task("shards", total=len(missing))
-            for i in missing:
-                write_shard(i, 2048, res)
+            task = bar.add_task("shards", total=len(todo))
+            for write in todo:
+                write()
                 bar.advance(task)
     try:
         folder = train_prior(cfg, out, resume=resume)  # draws its own progress bar with loss and ETA

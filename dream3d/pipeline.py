@@ -113,6 +113,8 @@ def _generate(cfg, out_root, resume, on_start, on_step, run_dir, held: contextli
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     prior, prompt = load_prior_for(cfg, device)
+    for stage in cfg.stages:  # a rule that cannot use this prior says so before any stage trains
+        registry.lookup("guidance", stage.guidance.name).cls().check_prior(prior, stage.guidance.options)
     if resume is None:
         if run_dir is None:
             run_dir = new_run_dir(out_root, cfg.prompt)

@@ -57,6 +57,10 @@ _ENTRIES: dict[str, dict[str, Entry]] = {
             "csd", "dream3d.guidance.csd:CSDGuidance", "dream3d.guidance.csd:CSDConfig",
             "Coupled score distillation: 2D SDS/VSD plus multi-view SDS over 4 views 90 degrees apart.",
         ),
+        "mvsds": Entry(
+            "mvsds", "dream3d.guidance.mvsds:MVSDSGuidance", "dream3d.guidance.mvsds:MVSDSConfig",
+            "Multi-view SDS (MVDream): 4 views 90 degrees apart denoised jointly by a joint-view prior, one t per group.",
+        ),
         "csd-classifier": Entry(
             "csd-classifier", "dream3d.guidance.csd_classifier:ClassifierScoreGuidance",
             "dream3d.guidance.csd_classifier:ClassifierScoreConfig",

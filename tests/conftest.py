@@ -153,12 +153,14 @@ def tiny_if_prior(tiny_if_dir):
     return load_prior(str(tiny_if_dir), device="cpu", resolution=16)
 
 
-def build_tiny_embedded(folder: Path, seed: int = 0) -> Path:
-    """A tiny random embedded prior (16x16, camera-conditioned) saved in the shipped layout."""
+def build_tiny_embedded(folder: Path, seed: int = 0, joint_views: bool = False) -> Path:
+    """A tiny random embedded prior (16x16, camera-conditioned) saved in the shipped layout;
+    `joint_views` makes it a joint multi-view prior (self-attention across a group's views)."""
     from dream3d.priors.embedded_model import EmbeddedDiffusionModel, EmbeddedModelConfig, build_scheduler, save_prior
 
     cfg = EmbeddedModelConfig(resolution=16, block_out_channels=(8, 16, 16), layers_per_block=1, norm_num_groups=4,
-                              attention_head_dim=8, text_hidden_size=16, text_heads=2, text_layers=1)
+                              attention_head_dim=8, text_hidden_size=16, text_heads=2, text_layers=1,
+                              joint_views=joint_views)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = EmbeddedDiffusionModel(cfg)
@@ -171,6 +173,12 @@ def build_tiny_embedded(folder: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_embedded_dir(tmp_path_factory) -> Path:
     return build_tiny_embedded(tmp_path_factory.mktemp("models") / "tiny-embedded")
+
+
+@pytest.fixture(scope="session")
+def tiny_joint_embedded_dir(tmp_path_factory) -> Path:
+    """The tiny embedded prior with joint views (what `dream3d prior train --views 4` saves)."""
+    return build_tiny_embedded(tmp_path_factory.mktemp("models") / "tiny-joint", joint_views=True)
 
 
 def gltf_validator() -> list[str]:

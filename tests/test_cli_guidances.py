@@ -16,9 +16,11 @@ SMALL = {"hashgrid_nerf": ["--set", "representation.samples_per_ray=16"],
 
 @pytest.mark.parametrize("representation", registry.names("representation"))
 @pytest.mark.parametrize("guidance", registry.names("guidance"))
-def test_guidance_runs_through_the_cli(tmp_path, tiny_embedded_dir, guidance, representation):
+def test_guidance_runs_through_the_cli(request, tmp_path, guidance, representation):
+    # multi-view SDS needs a prior with joint views; every other rule runs on the plain one
+    model = request.getfixturevalue("tiny_joint_embedded_dir" if guidance == "mvsds" else "tiny_embedded_dir")
     out = tmp_path / "o"
-    res = CliRunner().invoke(app, ["generate", "a red cube", "--model", str(tiny_embedded_dir), "--guidance", guidance,
+    res = CliRunner().invoke(app, ["generate", "a red cube", "--model", str(model), "--guidance", guidance,
                                    "--representation", representation, "--out", str(out), *FAST, *SMALL[representation]])
     assert res.exit_code == 0, res.output
     run = next(out.iterdir())

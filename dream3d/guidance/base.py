@@ -12,6 +12,11 @@ class Guidance:
     view_group: ViewGroup | None = None
     """Set by rules that score several related views at once (CSD, GSD): the trainer renders groups."""
 
+    @classmethod
+    def check_prior(cls, prior, cfg) -> None:
+        """Raise UserError when the rule cannot work with `prior` (options `cfg`); a run asks this of
+        every stage's rule before any stage trains. Default: any prior will do."""
+
     def __call__(self, out: RenderOutput, cams: Cameras, prompt, progress: float,
                  noise: Tensor | None = None, generator: torch.Generator | None = None) -> GuidanceOutput:
         """The loss whose gradient in `out` is the rule's update; `progress` in [0, 1]."""

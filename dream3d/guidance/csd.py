@@ -13,6 +13,9 @@ The multi-view prior is the run's prior when it takes a camera (the embedded pri
 on a CPU) or another camera-conditioned model named by `multiview_model`. When one
 prior plays both parts, the 2D term sees it without its camera input (zeros = "no
 camera", as it was trained with camera dropout), so the two terms stay distinct.
+When the multi-view prior has joint views (`prior.joint_views`), it denoises each group
+jointly, self-attention spanning the group's views (as `mvsds` does); otherwise it
+scores each view on its own, under its camera.
 
 CFG convention: eps_u + s (eps_c - eps_u) (diffusers) for both terms.
 """
@@ -27,6 +30,7 @@ from torch import Tensor
 from dream3d.errors import UserError
 from dream3d.guidance.base import Guidance
 from dream3d.guidance import common
+from dream3d.guidance.mvsds import joint_cfg_eps
 from dream3d.guidance.prompt import PromptProcessor
 from dream3d.guidance.sds import SDSConfig, SDSGuidance
 from dream3d.guidance.timesteps import TimestepConfig, build_timesteps
@@ -67,6 +71,7 @@ class WithoutCamera:
     """A camera-conditioned prior seen as a text-only one: every call gets no camera."""
 
     takes_camera = False
+    joint_views = False
 
     def __init__(self, prior: DiffusionPrior):
         self._prior = prior
@@ -132,8 +137,11 @@ class CSDGuidance(Guidance):
             x_t = common.add_noise(x, eps, a_t)
             cond = p.cond_plain.unsqueeze(0).expand(B, *p.cond_plain.shape)
             uncond = p.uncond.unsqueeze(0).expand_as(cond)
-            eps_hat = common.cfg_eps(mv, x_t, t, cond, uncond, cams.pose_features().to(device),
-                                     c.multiview_guidance_scale)
+            pose = cams.pose_features().to(device)
+            if getattr(mv, "joint_views", False):  # the group denoised together, one t
+                eps_hat = joint_cfg_eps(mv, x_t, t, cond, uncond, pose, c.multiview_guidance_scale, c.views)
+            else:
+                eps_hat = common.cfg_eps(mv, x_t, t, cond, uncond, pose, c.multiview_guidance_scale)
             g = common.weight(c.weighting, a_t) * (eps_hat - eps)
         return common.distillation_loss(x, g), g, t
 

@@ -20,6 +20,9 @@ class DiffusionPrior(ABC):
     """A diffusers scheduler with `alphas_cumprod` and `config.num_train_timesteps`."""
     takes_camera: bool = False
     """Whether `predict_eps` uses the `camera` argument (camera-conditioned UNet)."""
+    joint_views: bool = False
+    """Whether `predict_eps` also takes `n_views=N` and denoises each run of N consecutive images (one
+    object from N cameras, one t) jointly, self-attention spanning the views (MVDream); multi-view SDS needs it."""
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
 

@@ -3,7 +3,9 @@ with dream3d (`assets/priors/tiny-shapes/`) and runs offline on a CPU.
 
 It knows a fixed vocabulary (see `dream3d.priors.vocab`): ten colours, twelve
 objects and four view suffixes. Its space is pixels in [-1, 1] at the prior's
-resolution (32x32), so `encode` is an antialiased resize.
+resolution (32x32), so `encode` is an antialiased resize. A prior trained on groups
+of views (`joint_views` in its prior.json) also denoises N views of one object
+jointly: `predict_eps(..., n_views=N)`.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ class EmbeddedPrior(DiffusionPrior):
         self.scheduler = scheduler
         self.meta = meta
         self.resolution = int(meta["resolution"])
+        self.joint_views = bool(model.cfg.joint_views)  # False for folders saved before the flag existed
         self.name = f"embedded:{path.name}"
         self._embed_cache: dict[str, Tensor] = {}
 
@@ -76,13 +79,21 @@ class EmbeddedPrior(DiffusionPrior):
                 self._embed_cache[p] = e
         return torch.stack([self._embed_cache[p] for p in prompts])
 
-    def predict_eps(self, x_t: Tensor, t: Tensor, embeds: Tensor, camera: Tensor | None = None) -> Tensor:
-        """eps [B, 3, r, r] for x_t [B, 3, r, r], t [B], embeds [B, L, D], camera pose features [B, 16] or None."""
+    def predict_eps(self, x_t: Tensor, t: Tensor, embeds: Tensor, camera: Tensor | None = None,
+                    n_views: int = 1) -> Tensor:
+        """eps [B, 3, r, r] for x_t [B, 3, r, r], t [B], embeds [B, L, D], camera pose features [B, 16] or None.
+        `n_views` N > 1 (joint-view priors): the batch is B / N groups of N views, group-major, each
+        denoised jointly; every view keeps its own camera and embedding, and the group shares one t."""
         B = x_t.shape[0]
+        if n_views != 1 and not self.joint_views:
+            raise ValueError(f"the prior {self.name} denoises one view at a time (it has no joint views)")
+        if B % n_views:
+            raise ValueError(f"a batch of {B} is not whole groups of {n_views} views")
         if camera is None:
             camera = torch.zeros(B, POSE_DIM, device=self.device, dtype=self.dtype)
         t = t.to(self.device).long().expand(B) if t.numel() == 1 else t.to(self.device).long()
-        return self.model(x_t.to(self.dtype), t, embeds.to(self.dtype), camera.to(self.device, self.dtype))
+        return self.model(x_t.to(self.dtype), t, embeds.to(self.dtype), camera.to(self.device, self.dtype),
+                          n_views=n_views)
 
     def check_prompt(self, prompt: str, allow_unknown_words: bool = False) -> list[str]:
         return vocab.check_prompt(prompt, allow_unknown=allow_unknown_words)
@@ -91,15 +102,21 @@ class EmbeddedPrior(DiffusionPrior):
 
     def sample(self, prompts: list[str], n: int = 1, guidance_scale: float = SAMPLE_GUIDANCE_SCALE, steps: int = 25,
                seed: int = 0, camera: Cameras | Tensor | None = None,
-               view_guidance_scale: float = SAMPLE_VIEW_GUIDANCE_SCALE) -> Tensor:
+               view_guidance_scale: float = SAMPLE_VIEW_GUIDANCE_SCALE, n_views: int = 1) -> Tensor:
         """DDIM samples: n per prompt, images [len(prompts) * n, r, r, 3] in [0, 1] (prompt-major).
         `camera` is Cameras or pose features [len(prompts) * n, 16]; None samples without a camera.
+        `n_views` > 1 (joint-view priors) samples runs of that many consecutive images as one group.
         Guidance: see `ddim_sample` (CFG in the diffusers convention, plus view guidance)."""
+        if n_views != 1 and not self.joint_views:
+            raise ValueError(f"the prior {self.name} samples one view at a time (it has no joint views)")
         for p in prompts:
             self.check_prompt(p)
         expanded = [p for p in prompts for _ in range(n)]
         pose = camera.pose_features() if isinstance(camera, Cameras) else camera
         if pose is not None and pose.shape[0] != len(expanded):
             raise ValueError(f"camera batch {pose.shape[0]} != {len(expanded)} samples")
+        if len(expanded) % n_views:
+            raise ValueError(f"{len(expanded)} samples are not whole groups of {n_views} views")
         gen = torch.Generator().manual_seed(seed)
-        return ddim_sample(self.model, self.scheduler, expanded, pose, guidance_scale, steps, gen, view_guidance_scale)
+        return ddim_sample(self.model, self.scheduler, expanded, pose, guidance_scale, steps, gen, view_guidance_scale,
+                           n_views=n_views)

@@ -4,7 +4,9 @@ A pixel-space diffusers `UNet2DConditionModel` (cross-attention only on the
 coarser levels: self-attention at full resolution costs ~10x per step on CPU)
 conditioned on a tiny `CLIPTextModel` over a word-level tokenizer, and on the
 camera through the UNet's class embedding (`class_embed_type="projection"` fed
-`Cameras.pose_features()`; zeros mean "no camera").
+`Cameras.pose_features()`; zeros mean "no camera"). A joint-view model
+(`joint_views`) also denoises groups of N views together: its self-attention spans
+the group's views (`multiview_attention`), each view keeps its own camera.
 
 Saved folder (diffusers-like, loadable offline):
     unet/  text_encoder/  tokenizer/  scheduler/  prior.json  README.md
@@ -19,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from dream3d.priors import vocab
+from dream3d.priors.multiview_attention import install_multiview_attention, views
 
 PRIOR_FORMAT_VERSION = 1
 """Version of the folder layout and prior.json fields."""
@@ -54,6 +57,8 @@ class EmbeddedModelConfig:
     """Diffusion steps of the DDPM schedule."""
     beta_schedule: str = "squaredcos_cap_v2"
     """diffusers beta schedule name (cosine suits small images)."""
+    joint_views: bool = False
+    """Self-attention spans the views of a group (MVDream), trained on grouped views; False in older folders."""
 
 
 def build_unet(cfg: EmbeddedModelConfig):
@@ -121,6 +126,8 @@ class EmbeddedDiffusionModel(nn.Module):
         self.unet = unet if unet is not None else build_unet(cfg)
         self.text_encoder = text_encoder if text_encoder is not None else build_text_encoder(cfg)
         self.tokenizer = tokenizer if tokenizer is not None else vocab.build_tokenizer()
+        if cfg.joint_views:  # processors are not saved with the weights: installed on every build and load
+            install_multiview_attention(self.unet)
 
     def token_ids(self, prompts: list[str]) -> Tensor:
         """[N, MAX_TOKENS] token ids of prompts (normalised, unknown words dropped)."""
@@ -133,11 +140,13 @@ class EmbeddedDiffusionModel(nn.Module):
         """[N, MAX_TOKENS, text_hidden_size] text embeddings."""
         return self.text_encoder(input_ids=self.token_ids(prompts)).last_hidden_state
 
-    def forward(self, x_t: Tensor, t: Tensor, embeds: Tensor, pose: Tensor | None = None) -> Tensor:
-        """eps [B, 3, h, w] for x_t [B, 3, h, w], timesteps t [B], embeds [B, L, D], pose [B, 16] or None."""
+    def forward(self, x_t: Tensor, t: Tensor, embeds: Tensor, pose: Tensor | None = None, n_views: int = 1) -> Tensor:
+        """eps [B, 3, h, w] for x_t [B, 3, h, w], timesteps t [B], embeds [B, L, D], pose [B, 16] or None;
+        with `n_views` N > 1 (joint-view models) each run of N consecutive rows is one group."""
         if pose is None:
             pose = torch.zeros(x_t.shape[0], POSE_DIM, device=x_t.device, dtype=x_t.dtype)
-        return self.unet(x_t, t, encoder_hidden_states=embeds, class_labels=pose.to(x_t.dtype)).sample
+        with views(self.unet, n_views):
+            return self.unet(x_t, t, encoder_hidden_states=embeds, class_labels=pose.to(x_t.dtype)).sample
 
 
 def parameter_count(module: nn.Module) -> int:
@@ -218,6 +227,9 @@ def _model_card(meta: dict, card: PriorCard) -> str:
         f"- background: {meta['background']}",
         "- licence: Apache-2.0, like the rest of dream3d; trained only on procedurally generated images",
     ]
+    if meta["model_config"].get("joint_views"):
+        lines.append("- joint views: groups of views of one object are denoised together (self-attention across "
+                     "the views, a camera per view), as `--guidance mvsds` asks")
     lines += [f"- {n}" for n in card.notes]
     return "\n".join(lines) + "\n"
 
@@ -263,8 +275,10 @@ def ddim_sample(
     steps: int = 25,
     generator: torch.Generator | None = None,
     view_guidance_scale: float = SAMPLE_VIEW_GUIDANCE_SCALE,
+    n_views: int = 1,
 ) -> Tensor:
-    """DDIM samples, one per prompt: images [N, H, W, 3] in [0, 1].
+    """DDIM samples, one per prompt: images [N, H, W, 3] in [0, 1]; with `n_views` > 1 (joint-view
+    models) each run of that many consecutive samples is denoised as one group.
 
     eps = eps_u + s (eps_c - eps_u) + w (eps_c - eps_p): classifier-free guidance in the diffusers
     convention (s = 1: none), plus view guidance, where eps_p reads the prompt without its view
@@ -290,7 +304,8 @@ def ddim_sample(
     embeds, poses = torch.cat(embeds), torch.cat(poses)
     for t in ddim.timesteps:
         tt = torch.full((passes * n,), int(t), device=device, dtype=torch.long)
-        eps_u, eps_c, *eps_p = model(x.repeat(passes, 1, 1, 1), tt, embeds, poses).chunk(passes)
+        # whole copies of the batch side by side, so every group of views stays together
+        eps_u, eps_c, *eps_p = model(x.repeat(passes, 1, 1, 1), tt, embeds, poses, n_views=n_views).chunk(passes)
         eps = eps_u + guidance_scale * (eps_c - eps_u)
         if eps_p:
             eps = eps + view_guidance_scale * (eps_c - eps_p[0])

@@ -6,9 +6,16 @@ step), exports the EMA weights as a loadable prior folder (`out_dir/prior/`), an
 now and then writes a sample grid (`out_dir/samples/step-XXXXXX.png`).
 
     dream3d prior train --out DIR --steps 20000      (the one entry point: dream3d/cli.py)
+
+With `views` N > 1 it trains the joint multi-view prior: most steps see groups of N
+views of one scene 90 degrees apart (`procedural.groups`), one t per group, the UNet's
+self-attention spanning each group; a `single_view_fraction` of the steps see single
+views (N = 1), so the prior stays a 2D prior too. `views` = 1 (the default) is the
+single-view training, draw for draw.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -31,6 +38,7 @@ from dream3d.priors.embedded_model import (
     parameter_count, save_prior,
 )
 from dream3d.procedural.dataset import DATA_VERSION, LabeledBatch, ShardPool, make_labeled_batch
+from dream3d.procedural.groups import GroupShardPool, make_group_batch
 from dream3d.training.stop import graceful_stop
 
 
@@ -77,6 +85,14 @@ class PriorTrainConfig:
     """Write a sample grid every this many steps (0 disables)."""
     log_steps: int = 25
     """Print a log line every this many steps."""
+    views: int = 1
+    """Views per training group: 4 trains the joint multi-view prior (views 90 degrees apart); 1 the single-view one."""
+    single_view_fraction: float = 0.3
+    """With views > 1: share of steps trained on single views (N = 1), so the joint prior stays a 2D prior."""
+
+    def __post_init__(self):
+        if self.views > 1 and not self.model.joint_views:  # a copy: a shared model config is never changed
+            self.model = dataclasses.replace(self.model, joint_views=True)
 
 
 class EMA:
@@ -98,28 +114,39 @@ class EMA:
             p.copy_(self.shadow[k].to(p.dtype))
 
 
-def _batch(cfg: PriorTrainConfig, pool: ShardPool | None, gen: torch.Generator) -> LabeledBatch:
+def _batch(cfg: PriorTrainConfig, pool: ShardPool | None, gen: torch.Generator,
+           group_pool: ShardPool | None = None) -> tuple[LabeledBatch, int]:
+    """(batch, views per group): groups of `cfg.views` on most steps of a joint-view run, else single views."""
+    if cfg.views > 1 and float(torch.rand((), generator=gen)) >= cfg.single_view_fraction:
+        groups = cfg.batch_size // cfg.views
+        if group_pool is not None:
+            return group_pool.sample(groups, gen, suffix_prob=cfg.suffix_prob), cfg.views
+        return make_group_batch(groups, cfg.model.resolution, cfg.views, generator=gen,
+                                suffix_prob=cfg.suffix_prob), cfg.views
     if pool is not None:
-        return pool.sample(cfg.batch_size, gen, suffix_prob=cfg.suffix_prob)
-    return make_labeled_batch(cfg.batch_size, cfg.model.resolution, generator=gen, suffix_prob=cfg.suffix_prob)
+        return pool.sample(cfg.batch_size, gen, suffix_prob=cfg.suffix_prob), 1
+    return make_labeled_batch(cfg.batch_size, cfg.model.resolution, generator=gen, suffix_prob=cfg.suffix_prob), 1
 
 
 def training_loss(model: EmbeddedDiffusionModel, alphas_cumprod: torch.Tensor, batch: LabeledBatch,
-                  cfg: PriorTrainConfig, gen: torch.Generator) -> torch.Tensor:
-    """Min-SNR-weighted eps-prediction loss on one batch, with text and camera dropout."""
+                  cfg: PriorTrainConfig, gen: torch.Generator, n_views: int = 1) -> torch.Tensor:
+    """Min-SNR-weighted eps-prediction loss on one batch, with text and camera dropout. With `n_views`
+    N > 1 the batch is groups of N views (group-major): one t, text and camera dropout per group."""
     B = batch.images.shape[0]
+    G = B // n_views
+    per_view = lambda v: v.repeat_interleave(n_views, 0)  # noqa: E731 - per group -> per view (N = 1: as is)
     x0 = batch.images.permute(0, 3, 1, 2) * 2.0 - 1.0
     x0 = x0.contiguous(memory_format=torch.channels_last)
-    t = torch.randint(0, alphas_cumprod.shape[0], (B,), generator=gen)
+    t = per_view(torch.randint(0, alphas_cumprod.shape[0], (G,), generator=gen))
     eps = torch.randn(x0.shape, generator=gen)
     a = alphas_cumprod[t].view(B, 1, 1, 1)
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
-    drop_text = (torch.rand(B, generator=gen) < cfg.text_dropout).tolist()
+    drop_text = per_view(torch.rand(G, generator=gen) < cfg.text_dropout).tolist()
     prompts = ["" if d else c for c, d in zip(batch.captions, drop_text)]
-    keep_cam = (torch.rand(B, generator=gen) >= cfg.camera_dropout).float()[:, None]
+    keep_cam = per_view((torch.rand(G, generator=gen) >= cfg.camera_dropout).float())[:, None]
     pose = batch.cameras.pose_features() * keep_cam
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-        pred = model(x_t, t, model.embed(prompts), pose)
+        pred = model(x_t, t, model.embed(prompts), pose, n_views=n_views)
     per_sample = ((pred.float() - eps) ** 2).mean(dim=(1, 2, 3))
     if cfg.min_snr_gamma > 0:
         snr = a.view(B) / (1 - a.view(B))
@@ -165,7 +192,8 @@ def _check_same_architecture(out_dir: Path, cfg: PriorTrainConfig) -> None:
     for name in ("checkpoint", "checkpoint.old"):
         state = out_dir / name / "state.json"
         if state.exists():
-            saved = json.loads(state.read_text())["config"]["model"]
+            defaults = json.loads(json.dumps(asdict(EmbeddedModelConfig())))  # fields added since it was saved
+            saved = {**defaults, **json.loads(state.read_text())["config"]["model"]}
             now = json.loads(json.dumps(asdict(cfg.model)))
             if saved != now:
                 diff = {k: (saved.get(k), now.get(k)) for k in set(saved) | set(now) if saved.get(k) != now.get(k)}
@@ -187,6 +215,10 @@ def export_ema_prior(model, ema: EMA, scheduler, out_dir: Path, step: int, cfg: 
                 else "rendered on the fly") + f"; {cfg.suffix_prob:.0%} of captions carry a view suffix",
              f"dropout: text {cfg.text_dropout}, camera {cfg.camera_dropout}; min-SNR gamma {cfg.min_snr_gamma}; "
              f"AdamW lr {cfg.lr}; EMA decay {cfg.ema_decay}; seed {cfg.seed}"]
+    if cfg.views > 1:
+        notes.append(f"joint views: {1 - cfg.single_view_fraction:.0%} of steps on groups of {cfg.views} views of one "
+                     "scene 90 degrees apart at a shared random elevation and starting azimuth (one t per group), "
+                     "the rest on single views")
     save_prior(ema_model, scheduler, tmp, PriorCard(train_steps=step, batch_size=cfg.batch_size, notes=notes))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -270,6 +302,10 @@ def train_prior(cfg: PriorTrainConfig, out_dir: Path, resume: bool = False,
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    if cfg.views < 1 or (cfg.views > 1 and cfg.batch_size % cfg.views):
+        raise UserError(f"views must be at least 1 and divide the batch size ({cfg.batch_size}), got {cfg.views}")
+    if not 0.0 <= cfg.single_view_fraction <= 1.0:
+        raise UserError(f"single_view_fraction must be in [0, 1], got {cfg.single_view_fraction}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tuner = ThreadTuner(cfg.threads)
@@ -285,12 +321,15 @@ def train_prior(cfg: PriorTrainConfig, out_dir: Path, resume: bool = False,
     step = _load_checkpoint(out_dir, model, ema, opt, gen) if resume else 0
     root = Path(cfg.data_root) if cfg.data_root else None
     pool = ShardPool(cfg.model.resolution, root) if cfg.data == "shards" else None
+    group_pool = GroupShardPool(cfg.model.resolution, root, cfg.views) if pool is not None and cfg.views > 1 else None
     (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     bar = _progress_bar(step, cfg.steps) if sys.stdout.isatty() else None
     log = (lambda msg: bar.console.log(msg)) if bar else (  # noqa: E731
         lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True))
     log(f"start step {step}/{cfg.steps}; unet {parameter_count(model.unet):,} params, text encoder "
-        f"{parameter_count(model.text_encoder):,}; data {'%d shard images' % len(pool) if pool else 'rendered'}")
+        f"{parameter_count(model.text_encoder):,}; data {'%d shard images' % len(pool) if pool else 'rendered'}"
+        + (f"; groups of {cfg.views} views" + (f" ({len(group_pool)} shard images)" if group_pool else "")
+           if cfg.views > 1 else ""))
     model.train()
     with graceful_stop() as stop:
         last_ckpt, t_start, step0, losses = time.time(), time.time(), step, []
@@ -298,10 +337,12 @@ def train_prior(cfg: PriorTrainConfig, out_dir: Path, resume: bool = False,
             t0 = time.time()
             if pool is not None and step % 200 == 0:
                 pool.refresh()
-            batch = _batch(cfg, pool, gen)
+                if group_pool is not None:
+                    group_pool.refresh()
+            batch, n_views = _batch(cfg, pool, gen, group_pool)
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-            loss = training_loss(model, alphas_cumprod, batch, cfg, gen)
+            loss = training_loss(model, alphas_cumprod, batch, cfg, gen, n_views)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))

@@ -142,9 +142,13 @@ class ShardPool:
         self.arrays: dict[str, np.ndarray] = {}
         self.refresh()
 
+    def directory(self) -> Path:
+        """Where this pool's shards are (grouped pools keep theirs elsewhere)."""
+        return shard_dir(self.resolution, self.root)
+
     def refresh(self) -> int:
         """Load shards written since the last call; returns the number of images held."""
-        new = sorted(p for p in shard_dir(self.resolution, self.root).glob("shard-*.npz") if p not in self.loaded)
+        new = sorted(p for p in self.directory().glob("shard-*.npz") if p not in self.loaded)
         for p in new:
             if p.name.endswith(".tmp.npz"):
                 continue
@@ -159,7 +163,7 @@ class ShardPool:
 
     def sample(self, n: int, gen: torch.Generator, suffix_prob: float = 0.5, mirror: bool = True) -> LabeledBatch:
         if len(self) == 0:
-            raise RuntimeError(f"no shards in {shard_dir(self.resolution, self.root)}")
+            raise RuntimeError(f"no shards in {self.directory()}")
         idx = torch.randint(len(self), (n,), generator=gen).numpy()
         a = {k: torch.from_numpy(v[idx]) for k, v in self.arrays.items()}
         images = a["images"].float() / 255.0
