@@ -189,6 +189,32 @@ def test_several_large_parts_are_kept_and_the_export_says_so():
     assert [m for m in said if "keeps 2 separate parts (each at least 5% of the largest one's area)" in m]
 
 
+def test_winding_numbers_inside_and_outside_a_ball():
+    ball = sphere(3, 0.5)
+    v, f = np.asarray(ball.vertices), np.asarray(ball.faces)
+    w = C.winding_numbers(v, f, np.array([[0.0, 0.0, 0.0], [2.0, 0.0, 0.0]]))
+    np.testing.assert_allclose(w, [1.0, 0.0], atol=1e-9)  # a closed outward surface: 1 inside, 0 outside
+    np.testing.assert_allclose(C.winding_numbers(v, f[:, ::-1], np.zeros((1, 3))), [-1.0], atol=1e-9)
+    rng = np.random.default_rng(0)
+    points = rng.uniform(-0.7, 0.7, (600, 3))
+    r = np.linalg.norm(points, axis=1)
+    points = points[(r < 0.49) | (r > 0.51)]  # the icosphere lies within 0.5 % of the ball's radius
+    np.testing.assert_array_equal(np.abs(C.winding_numbers(v, f, points)) > 0.5, np.linalg.norm(points, axis=1) < 0.5)
+    # a missing face changes the number only near it: the centre still reads as inside
+    assert abs(C.winding_numbers(v, f[1:], np.zeros((1, 3)))[0] - 1.0) < 0.01
+
+
+def test_a_cavity_inside_the_shape_is_dropped_but_a_part_beside_it_is_kept():
+    outer, cavity = sphere(3, 0.6), sphere(2, 0.3)
+    cavity.invert()  # an isosurface's cavity wall faces into the hollow
+    beside = sphere(2, 0.3, centre=(1.5, 0.0, 0.0))
+    both = trimesh.util.concatenate([outer, cavity, beside])
+    out, record, said = run(as_mesh(both.vertices, both.faces), smooth_iterations=0)
+    assert record["enclosed_dropped"] == 1 and record["parts"] == 2
+    assert len(out.faces) == len(outer.faces) + len(beside.faces)
+    assert np.linalg.norm(out.vertices.numpy(), axis=1).min() > 0.55  # nothing of the cavity is left
+
+
 def test_pieces_touching_at_one_vertex_are_separate_pieces():
     s = sphere(2)
     # a small triangle sharing only vertex 0 with the sphere: joined at a vertex, not by an edge
@@ -197,7 +223,7 @@ def test_pieces_touching_at_one_vertex_are_separate_pieces():
     count, _ = C.face_components(f)
     assert count == 2
     out, info = C.keep_main(C._State(v, f, colour_of(v)), CleanupSettings())
-    assert info == {"components_dropped": 1} and len(out.v) == len(s.vertices)
+    assert info == {"components_dropped": 1, "enclosed_dropped": 0} and len(out.v) == len(s.vertices)
 
 
 def test_slivers_back_to_back_are_dropped_and_duplicates_kept_once():

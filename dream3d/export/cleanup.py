@@ -148,13 +148,42 @@ def weld(s: _State, _: CleanupSettings) -> tuple[_State, dict]:
     return out, {"vertices_merged": len(s.v) - len(first)}
 
 
-def keep_main(s: _State, cfg: CleanupSettings) -> tuple[_State, dict]:
-    """Drop pieces whose area is below `min_component_fraction` of the largest piece's."""
+def winding_numbers(v: np.ndarray, f: np.ndarray, points: np.ndarray, chunk: int = 1 << 21) -> np.ndarray:
+    """[P] generalised winding number of the surface (v, f) at each point: the triangles' solid
+    angles (Van Oosterom and Strackee) over 4 pi; about +-1 inside a closed surface, 0 outside,
+    and still meaningful where the surface has small holes."""
+    out = np.zeros(len(points))
+    step = max(1, chunk // max(len(f), 1))
+    for i in range(0, len(points), step):
+        rel = v[f][None] - points[i:i + step, None, None, :]  # [p, F, 3 corners, 3]
+        a, b, c = rel[:, :, 0], rel[:, :, 1], rel[:, :, 2]
+        la, lb, lc = (np.linalg.norm(x, axis=-1) for x in (a, b, c))
+        det = np.einsum("pfk,pfk->pf", a, np.cross(b, c))
+        dot = lambda x, y: np.einsum("pfk,pfk->pf", x, y)  # noqa: E731
+        div = la * lb * lc + dot(a, b) * lc + dot(a, c) * lb + dot(b, c) * la
+        out[i:i + step] = 2.0 * np.arctan2(det, div).sum(1) / (4.0 * np.pi)
+    return out
+
+
+def keep_main(s: _State, cfg: CleanupSettings, probes: int = 16) -> tuple[_State, dict]:
+    """Drop pieces whose area is below `min_component_fraction` of the largest piece's, and
+    pieces enclosed by the largest one (the walls of a cavity inside the shape, which a
+    density's isosurface leaves where the inside is hollow: never seen, not a part)."""
     count, label = face_components(s.f)
     area = np.bincount(label, weights=_areas(s.v, s.f), minlength=count)
     keep = area >= cfg.min_component_fraction * area.max()
+    main = int(np.argmax(area))
+    enclosed = 0
+    for piece in np.flatnonzero(keep):
+        if piece == main:
+            continue
+        corners = np.unique(s.f[label == piece].ravel())
+        sample = s.v[corners[np.linspace(0, len(corners) - 1, min(probes, len(corners))).astype(int)]]
+        if np.median(np.abs(winding_numbers(s.v, s.f[label == main], sample))) > 0.5:
+            keep[piece] = False
+            enclosed += 1
     out = _drop_unreferenced(_State(s.v, s.f[keep[label]], s.c))
-    return out, {"components_dropped": int(count - keep.sum())}
+    return out, {"components_dropped": int(count - keep.sum()), "enclosed_dropped": enclosed}
 
 
 def close_holes(s: _State, cfg: CleanupSettings) -> tuple[_State, dict]:
