@@ -259,6 +259,8 @@ def prior_train(
     views: int = typer.Option(1, help="Views per group: 4 trains the joint multi-view prior (groups 90 degrees "
                               "apart, for --guidance mvsds); 1 the single-view one."),
     single_view_fraction: float = typer.Option(0.3, help="With --views above 1: share of steps on single views."),
+    world: str = typer.Option("tiny-shapes", help="Objects, colours and vocabulary to train on: tiny-shapes "
+                              "(10 colours x 12 objects) or toy-world (14 x 41)."),
 ) -> None:
     """Train the embedded prior on procedural renders (resumable: Ctrl-C and run again)."""
     if "torch" not in sys.modules:
@@ -269,8 +271,9 @@ def prior_train(
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from functools import partial
 
-    from dream3d.procedural.dataset import shard_path, write_shard
     from dream3d.priors.train_embedded import PriorTrainConfig, train_prior
+    from dream3d.priors.worlds import get_world
+    from dream3d.procedural.dataset import shard_path, world_root, write_shard
 
     if steps <= 0 or batch_size <= 0 or shards <= 0:
         raise UserError("--steps, --batch-size and --shards must be positive")
@@ -279,15 +282,17 @@ def prior_train(
     if views < 1 or batch_size % views or not 0.0 <= single_view_fraction <= 1.0:
         raise UserError(f"--views must be at least 1 and divide --batch-size ({batch_size}), and "
                         f"--single-view-fraction must be in [0, 1]; got {views} and {single_view_fraction}")
+    the_world = get_world(world)
     cfg = PriorTrainConfig(steps=steps, batch_size=batch_size, seed=seed, suffix_prob=suffix_prob, views=views,
-                           single_view_fraction=single_view_fraction)
-    res = cfg.model.resolution
-    todo = [partial(write_shard, i, 2048, res) for i in range(shards) if not shard_path(i, res).exists()]
+                           single_view_fraction=single_view_fraction, world=world)
+    res, root = cfg.model.resolution, world_root(None, the_world)
+    todo = [partial(write_shard, i, 2048, res, world=the_world) for i in range(shards)
+            if not shard_path(i, res, root).exists()]
     if views > 1:  # as many grouped shards, of 2,048 images each
         from dream3d.procedural.groups import group_shard_path, write_group_shard
 
-        todo += [partial(write_group_shard, i, 2048 // views, res, views)
-                 for i in range(shards) if not group_shard_path(i, res, views).exists()]
+        todo += [partial(write_group_shard, i, 2048 // views, res, views, world=the_world)
+                 for i in range(shards) if not group_shard_path(i, res, views, root).exists()]
     if todo:  # each shard is rendered from its own index, so the data set is the same everywhere
         with Progress(TextColumn("[bold]data shards"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
                       TimeRemainingColumn(), console=console) as bar:

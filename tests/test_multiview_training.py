@@ -134,10 +134,10 @@ def test_prior_train_cli_passes_grouped_mode(monkeypatch, tmp_path):
         return out
 
     monkeypatch.setattr(train_embedded, "train_prior", fake_train)
-    monkeypatch.setattr(dataset, "write_shard", lambda i, size, res: written.append(("single", i, size)))
-    monkeypatch.setattr(groups, "write_group_shard", lambda i, g, res, views: written.append(("groups", i, g)))
-    monkeypatch.setattr(dataset, "shard_path", lambda i, res: tmp_path / "missing")
-    monkeypatch.setattr(groups, "group_shard_path", lambda i, res, views: tmp_path / "missing")
+    monkeypatch.setattr(dataset, "write_shard", lambda i, size, res, **kw: written.append(("single", i, size)))
+    monkeypatch.setattr(groups, "write_group_shard", lambda i, g, res, views, **kw: written.append(("groups", i, g)))
+    monkeypatch.setattr(dataset, "shard_path", lambda i, res, root=None: tmp_path / "missing")
+    monkeypatch.setattr(groups, "group_shard_path", lambda i, res, views, root=None: tmp_path / "missing")
     res = CliRunner().invoke(cli.app, ["prior", "train", "--out", str(tmp_path / "o"), "--views", "4",
                                        "--single-view-fraction", "0.25", "--shards", "2", "--steps", "5"])
     assert res.exit_code == 0, res.output

@@ -36,6 +36,7 @@ from dream3d.cameras.views import view_names
 from dream3d.atomic import write_text_atomic
 from dream3d.evaluation.classifier import ShapeClassifier, load_classifier
 from dream3d.priors.vocab import parse_prompt
+from dream3d.priors.worlds import World
 
 BOUNDARY_MARGIN = 15.0
 """Degrees around the 45 / 135 degree view boundaries inside which a view's expected name is ambiguous."""
@@ -112,7 +113,9 @@ def evaluate_images(
     labels = clf.cfg
     out = clf.predict(images.detach().cpu())
     p_obj, p_col, p_view = (torch.softmax(t, -1) for t in (out.object_logits, out.colour_logits, out.view_logits))
-    parsed = parse_prompt(prompt)
+    # The prompt is read with the classifier's own label words, whichever prior made the images.
+    parsed = parse_prompt(prompt, World("classifier", tuple(labels.colours), tuple(labels.objects),
+                                        tuple(labels.fronted_objects)))
     colour = parsed.colour if parsed.colour in labels.colours else None
     obj = parsed.object if parsed.object in labels.objects else None
     fronted = obj in labels.fronted_objects

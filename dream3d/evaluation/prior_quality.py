@@ -1,9 +1,10 @@
 """How well the embedded prior draws what it is asked for, read by the shipped classifier.
 
-Samples n images per "a {colour} {object}" prompt (all 120 pairs, the prior's
-default sampler with CFG) and, for the objects with a front, n per
-"..., {front|side|back} view" prompt with the matching camera. Bars: object
->= 90%, colour >= 95%, view >= 80%.
+Samples n images per "a {colour} {object}" prompt (every pair of the prior's world,
+120 for tiny-shapes, with the prior's default sampler and CFG) and, for the objects
+with a front, n per "..., {front|side|back} view" prompt with the matching camera.
+Bars: object >= 90%, colour >= 95%, view >= 80%. The classifier must know the
+world's words (the shipped one knows tiny-shapes).
 """
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import torch
 from rich.table import Table
 
 from dream3d.cameras.orbit import CameraConfig, orbit_cameras
+from dream3d.errors import UserError
 from dream3d.evaluation.classifier import ShapeClassifier, load_classifier
-from dream3d.procedural.shapes import FRONTED_OBJECTS
 from dream3d.priors.embedded_model import SAMPLE_GUIDANCE_SCALE, SAMPLE_VIEW_GUIDANCE_SCALE
-from dream3d.priors.vocab import COLOURS, OBJECTS, caption
+from dream3d.priors.vocab import caption, quoted_words
+from dream3d.priors.worlds import TINY_SHAPES
 
 BARS = {"object": 0.90, "colour": 0.95, "view": 0.80}
 VIEW_AZIMUTH = {"front": 0.0, "side": 90.0, "back": 180.0}
@@ -27,10 +29,18 @@ def _cameras(n: int, azimuth: float):
 
 
 def measure_prior(prior, n: int = 8, guidance_scale: float = SAMPLE_GUIDANCE_SCALE, steps: int = 25, seed: int = 0,
-                  colours=COLOURS, objects=OBJECTS, classifier: ShapeClassifier | None = None,
+                  colours=None, objects=None, classifier: ShapeClassifier | None = None,
                   view_guidance_scale: float = SAMPLE_VIEW_GUIDANCE_SCALE) -> dict:
-    """Accuracy of the classifier's reading of the prior's samples, overall and per object."""
+    """Accuracy of the classifier's reading of the prior's samples, overall and per object
+    (colours and objects: default those of the prior's world)."""
     clf = classifier or load_classifier()
+    world = getattr(prior, "world", TINY_SHAPES)
+    colours = world.colours if colours is None else colours
+    objects = world.objects if objects is None else objects
+    unread = [w for w in colours if w not in clf.cfg.colours] + [w for w in objects if w not in clf.cfg.objects]
+    if unread:
+        raise UserError(f"the classifier does not know {quoted_words(unread)} of the {world.name} world; "
+                        f"train one for it (python -m dream3d.evaluation.train_classifier --world {world.name})")
     per_object = {o: {"object": [], "colour": []} for o in objects}
     views = []
     for obj in objects:
@@ -40,7 +50,7 @@ def measure_prior(prior, n: int = 8, guidance_scale: float = SAMPLE_GUIDANCE_SCA
         want_colour = torch.tensor([clf.cfg.colours.index(c) for c in colours]).repeat_interleave(n)
         per_object[obj]["object"] = (out.object_logits.argmax(-1) == clf.cfg.objects.index(obj)).float().tolist()
         per_object[obj]["colour"] = (out.colour_logits.argmax(-1) == want_colour).float().tolist()
-        if obj in FRONTED_OBJECTS:
+        if obj in world.fronted_objects and obj in clf.cfg.fronted_objects:
             for view, az in VIEW_AZIMUTH.items():
                 vp = [caption(c, obj, view) for c in colours]
                 imgs = prior.sample(vp, n=n, guidance_scale=guidance_scale, steps=steps, seed=seed + 1,

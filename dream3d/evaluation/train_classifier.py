@@ -30,9 +30,8 @@ from torch import Tensor
 
 from dream3d.cameras.views import view_names
 from dream3d.evaluation.classifier import VIEW_LABELS, ClassifierConfig, ShapeClassifier, n_parameters
+from dream3d.priors.worlds import DEFAULT_WORLD, World, get_world
 from dream3d.procedural.dataset import make_labeled_batch
-from dream3d.procedural.shapes import FRONTED_OBJECTS
-from dream3d.priors import vocab
 
 HOLDOUT_SEED_OFFSET = 1_000_003
 """Added to the training seed for the held-out set, so the two never share renders."""
@@ -66,6 +65,8 @@ class TrainConfig:
     """Seed of renders, augmentation and initialisation."""
     threads: int = 1
     """torch CPU threads (the renders and the steps share the machine with other jobs)."""
+    world: str = DEFAULT_WORLD
+    """The world whose objects and colours the classifier learns (dream3d.priors.worlds)."""
 
 
 # ---------------------------------------------------------------- labels
@@ -82,12 +83,13 @@ def render_set(n: int, gen: torch.Generator, cfg: TrainConfig, labels_cfg: Class
                chunk: int = 64) -> tuple[Tensor, dict[str, Tensor]]:
     """n procedural renders as uint8 [n, H, W, 3] (4x smaller in memory) and their labels:
     object, colour and view indices [n] and the mask [n] of samples whose view counts."""
-    if list(labels_cfg.objects) != list(vocab.OBJECTS) or list(labels_cfg.colours) != list(vocab.COLOURS):
-        raise ValueError("the classifier's label lists must follow the vocabulary's order")
-    fronted = torch.tensor([o in labels_cfg.fronted_objects for o in vocab.OBJECTS])
+    world = get_world(cfg.world)
+    if tuple(labels_cfg.objects) != world.objects or tuple(labels_cfg.colours) != world.colours:
+        raise ValueError(f"the classifier's label lists must follow the {world.name} world's order")
+    fronted = torch.tensor([o in labels_cfg.fronted_objects for o in world.objects])
     images, labels = [], []
     for start in range(0, n, chunk):
-        b = make_labeled_batch(min(chunk, n - start), cfg.resolution, generator=gen)
+        b = make_labeled_batch(min(chunk, n - start), cfg.resolution, generator=gen, world=world)
         images.append((b.images.clamp(0, 1) * 255.0).round().to(torch.uint8))
         labels.append({"object": b.objects, "colour": b.colours, "view": view_labels(b.cameras.azimuth),
                        "view_mask": fronted[b.objects]})
@@ -175,9 +177,11 @@ def accuracy(model: ShapeClassifier, images: Tensor, lab: dict[str, Tensor]) -> 
     }
 
 
-def label_config() -> ClassifierConfig:
-    return ClassifierConfig(objects=list(vocab.OBJECTS), colours=list(vocab.COLOURS),
-                            fronted_objects=list(FRONTED_OBJECTS))
+def label_config(world: World | None = None) -> ClassifierConfig:
+    """The label lists of a classifier for `world` (default tiny-shapes)."""
+    world = world or get_world(DEFAULT_WORLD)
+    return ClassifierConfig(objects=list(world.objects), colours=list(world.colours),
+                            fronted_objects=list(world.fronted_objects))
 
 
 def train(cfg: TrainConfig, out_dir: Path | None = None, log=print) -> tuple[ShapeClassifier, dict]:
@@ -185,7 +189,7 @@ def train(cfg: TrainConfig, out_dir: Path | None = None, log=print) -> tuple[Sha
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    model_cfg = label_config()
+    model_cfg = label_config(get_world(cfg.world))
     model_cfg.resolution = cfg.resolution
     model = ShapeClassifier(model_cfg).to(memory_format=torch.channels_last)
     log(f"classifier: {n_parameters(model):,} parameters ({4 * n_parameters(model) / 1e6:.2f} MB float32)")

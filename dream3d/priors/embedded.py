@@ -1,8 +1,9 @@
 """The embedded default prior: a tiny camera-aware pixel diffusion model that ships
 with dream3d (`assets/priors/tiny-shapes/`) and runs offline on a CPU.
 
-It knows a fixed vocabulary (see `dream3d.priors.vocab`): ten colours, twelve
-objects and four view suffixes. Its space is pixels in [-1, 1] at the prior's
+It knows the vocabulary of its world (`dream3d.priors.worlds`, named in its
+prior.json; the shipped tiny-shapes: ten colours, twelve objects) and four view
+suffixes. Its space is pixels in [-1, 1] at the prior's
 resolution (32x32), so `encode` is an antialiased resize. A prior trained on groups
 of views (`joint_views` in its prior.json) also denoises N views of one object
 jointly: `predict_eps(..., n_views=N)`.
@@ -46,6 +47,7 @@ class EmbeddedPrior(DiffusionPrior):
         self.scheduler = scheduler
         self.meta = meta
         self.resolution = int(meta["resolution"])
+        self.world = model.world  # the words its token ids belong to (tiny-shapes for older folders)
         self.joint_views = bool(model.cfg.joint_views)  # False for folders saved before the flag existed
         self.name = f"embedded:{path.name}"
         self._embed_cache: dict[str, Tensor] = {}
@@ -96,7 +98,7 @@ class EmbeddedPrior(DiffusionPrior):
                           n_views=n_views)
 
     def check_prompt(self, prompt: str, allow_unknown_words: bool = False) -> list[str]:
-        return vocab.check_prompt(prompt, allow_unknown=allow_unknown_words)
+        return vocab.check_prompt(prompt, allow_unknown=allow_unknown_words, world=self.world)
 
     # ------------------------------------------------------------------ sampling
 

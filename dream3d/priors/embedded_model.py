@@ -20,8 +20,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from dream3d.errors import UserError
 from dream3d.priors import vocab
 from dream3d.priors.multiview_attention import install_multiview_attention, views
+from dream3d.priors.worlds import TINY_SHAPES, World, world_of_meta
 
 PRIOR_FORMAT_VERSION = 1
 """Version of the folder layout and prior.json fields."""
@@ -86,10 +88,10 @@ def build_unet(cfg: EmbeddedModelConfig):
     )
 
 
-def build_text_encoder(cfg: EmbeddedModelConfig):
+def build_text_encoder(cfg: EmbeddedModelConfig, world: World = TINY_SHAPES):
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    words = vocab.vocabulary()
+    words = vocab.vocabulary(world)
     text_cfg = CLIPTextConfig(
         vocab_size=len(words),
         hidden_size=cfg.text_hidden_size,
@@ -118,20 +120,22 @@ def build_scheduler(cfg: EmbeddedModelConfig):
 
 
 class EmbeddedDiffusionModel(nn.Module):
-    """UNet + text encoder + tokenizer trained together."""
+    """UNet + text encoder + tokenizer trained together, on the words of one world."""
 
-    def __init__(self, cfg: EmbeddedModelConfig, unet=None, text_encoder=None, tokenizer=None):
+    def __init__(self, cfg: EmbeddedModelConfig, unet=None, text_encoder=None, tokenizer=None,
+                 world: World = TINY_SHAPES):
         super().__init__()
         self.cfg = cfg
+        self.world = world
         self.unet = unet if unet is not None else build_unet(cfg)
-        self.text_encoder = text_encoder if text_encoder is not None else build_text_encoder(cfg)
-        self.tokenizer = tokenizer if tokenizer is not None else vocab.build_tokenizer()
+        self.text_encoder = text_encoder if text_encoder is not None else build_text_encoder(cfg, world)
+        self.tokenizer = tokenizer if tokenizer is not None else vocab.build_tokenizer(world)
         if cfg.joint_views:  # processors are not saved with the weights: installed on every build and load
             install_multiview_attention(self.unet)
 
     def token_ids(self, prompts: list[str]) -> Tensor:
         """[N, MAX_TOKENS] token ids of prompts (normalised, unknown words dropped)."""
-        clean = [vocab.clean_prompt(p) for p in prompts]
+        clean = [vocab.clean_prompt(p, self.world) for p in prompts]
         enc = self.tokenizer(clean, padding="max_length", max_length=vocab.MAX_TOKENS, truncation=True,
                              return_tensors="pt")
         return enc["input_ids"].to(next(self.text_encoder.parameters()).device)
@@ -185,7 +189,7 @@ def save_prior(model: EmbeddedDiffusionModel, scheduler, out_dir: Path, card: Pr
         "kind": "dream3d-embedded-pixel-prior",
         "resolution": model.cfg.resolution,
         "model_config": asdict(model.cfg),
-        "vocab": {"colours": list(vocab.COLOURS), "objects": list(vocab.OBJECTS), "views": list(vocab.VIEWS)},
+        **vocab.prior_meta(model.world),  # "world" and its words: the token ids belong to this world
         "prompt_template": "a {colour} {object}[, {front|side|back|overhead} view]",
         "camera": {
             "conditioning": "UNet class embedding fed Cameras.pose_features(): camera-to-world 4x4 "
@@ -206,15 +210,16 @@ def save_prior(model: EmbeddedDiffusionModel, scheduler, out_dir: Path, card: Pr
 
 def _model_card(meta: dict, card: PriorCard) -> str:
     v = meta["vocab"]
+    fronted = v["fronted_objects"]
     lines = [
-        "# dream3d embedded prior: tiny-shapes",
+        f"# dream3d embedded prior: {meta['world']}",
         "",
         f"A {meta['resolution']}x{meta['resolution']} pixel-space text-and-camera-conditioned diffusion model "
         "trained from scratch by `dream3d prior train` on the project's own procedural renders "
         "(`dream3d/procedural/`). It only knows:",
         "",
         f"- colours: {', '.join(v['colours'])}",
-        f"- objects: {', '.join(v['objects'])} (house, chair, robot and snowman have a front facing +Z)",
+        f"- objects: {', '.join(v['objects'])} ({', '.join(fronted[:-1])} and {fronted[-1]} have a front facing +Z)",
         f"- optional view suffix: {', '.join(v['views'])} (e.g. \"a red chair, back view\")",
         "",
         "It is the CPU default for `dream3d generate`; for anything else pass `--model` with a real checkpoint.",
@@ -251,7 +256,10 @@ def load_prior_components(path: Path, dtype: torch.dtype = torch.float32):
     text = CLIPTextModel.from_pretrained(path / "text_encoder", local_files_only=True, dtype=dtype)
     tok = PreTrainedTokenizerFast.from_pretrained(path / "tokenizer", local_files_only=True)
     sched = DDPMScheduler.from_pretrained(path / "scheduler", local_files_only=True)
-    return EmbeddedDiffusionModel(cfg, unet, text, tok), sched, meta
+    world = world_of_meta(meta, path)  # no "world" key: tiny-shapes, as every folder saved before worlds
+    if tok.get_vocab() != {w: i for i, w in enumerate(vocab.vocabulary(world))}:
+        raise UserError(f"{path}: its tokenizer's vocabulary is not that of its world {world.name!r}")
+    return EmbeddedDiffusionModel(cfg, unet, text, tok, world), sched, meta
 
 
 # Sampling CFG scale: on the 32x32 prior, 1.5 reads right far more often than 3.0 (measured by
@@ -293,8 +301,8 @@ def ddim_sample(
     x = torch.randn(n, 3, r, r, generator=generator).to(device)
     no_pose = torch.zeros(n, POSE_DIM, device=device)
     pose = no_pose if pose is None else pose.to(device)
-    plain = [vocab.without_view(p) for p in prompts]
-    has_view = pose.abs().sum() > 0 or any(vocab.clean_prompt(p) != q for p, q in zip(prompts, plain))
+    plain = [vocab.without_view(p, model.world) for p in prompts]
+    has_view = pose.abs().sum() > 0 or any(vocab.clean_prompt(p, model.world) != q for p, q in zip(prompts, plain))
     embeds = [model.embed([""]).expand(n, -1, -1), model.embed(prompts)]
     poses = [pose, pose]
     if view_guidance_scale != 0 and has_view:

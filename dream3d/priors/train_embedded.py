@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from dream3d.cameras import orbit_cameras
 from dream3d.errors import UserError
 from dream3d.priors import vocab
+from dream3d.priors.worlds import DEFAULT_WORLD, World, get_world
 from dream3d.priors.embedded_model import (
     SAMPLE_GUIDANCE_SCALE, EmbeddedDiffusionModel, EmbeddedModelConfig, PriorCard, build_scheduler, ddim_sample,
     parameter_count, save_prior,
@@ -73,6 +74,8 @@ class PriorTrainConfig:
     """Cache root holding the shards (default ~/.cache/dream3d/procedural)."""
     suffix_prob: float = 0.5
     """Fraction of captions with a view suffix."""
+    world: str = DEFAULT_WORLD
+    """The world (objects, colours, vocabulary) to train on: tiny-shapes or toy-world (dream3d.priors.worlds)."""
     threads: int = 0
     """torch threads; 0 = tune between 1 and 2 by measured step time (the machine is shared)."""
     bf16: bool = False
@@ -122,10 +125,11 @@ def _batch(cfg: PriorTrainConfig, pool: ShardPool | None, gen: torch.Generator,
         if group_pool is not None:
             return group_pool.sample(groups, gen, suffix_prob=cfg.suffix_prob), cfg.views
         return make_group_batch(groups, cfg.model.resolution, cfg.views, generator=gen,
-                                suffix_prob=cfg.suffix_prob), cfg.views
+                                suffix_prob=cfg.suffix_prob, world=get_world(cfg.world)), cfg.views
     if pool is not None:
         return pool.sample(cfg.batch_size, gen, suffix_prob=cfg.suffix_prob), 1
-    return make_labeled_batch(cfg.batch_size, cfg.model.resolution, generator=gen, suffix_prob=cfg.suffix_prob), 1
+    return make_labeled_batch(cfg.batch_size, cfg.model.resolution, generator=gen, suffix_prob=cfg.suffix_prob,
+                              world=get_world(cfg.world)), 1
 
 
 def training_loss(model: EmbeddedDiffusionModel, alphas_cumprod: torch.Tensor, batch: LabeledBatch,
@@ -199,6 +203,10 @@ def _check_same_architecture(out_dir: Path, cfg: PriorTrainConfig) -> None:
                 diff = {k: (saved.get(k), now.get(k)) for k in set(saved) | set(now) if saved.get(k) != now.get(k)}
                 raise UserError(f"cannot resume {out_dir}: its model differs from the requested one (saved, requested): "
                                 f"{diff}; use a new output folder or the saved model settings")
+            saved_world = json.loads(state.read_text())["config"].get("world", DEFAULT_WORLD)
+            if saved_world != cfg.world:
+                raise UserError(f"cannot resume {out_dir}: it trains the {saved_world} world, not {cfg.world}; "
+                                "use a new output folder")
             return
 
 
@@ -210,7 +218,7 @@ def export_ema_prior(model, ema: EMA, scheduler, out_dir: Path, step: int, cfg: 
     ema.copy_to(ema_model)
     tmp, final = out_dir / "prior.tmp", out_dir / "prior"
     shutil.rmtree(tmp, ignore_errors=True)
-    notes = [f"data: procedural renders (dream3d.procedural, data version {DATA_VERSION}), "
+    notes = [f"data: procedural renders of the {cfg.world} world (dream3d.procedural, data version {DATA_VERSION}), "
              + ("pre-rendered shards, mirrored left-right with their cameras" if cfg.data == "shards"
                 else "rendered on the fly") + f"; {cfg.suffix_prob:.0%} of captions carry a view suffix",
              f"dropout: text {cfg.text_dropout}, camera {cfg.camera_dropout}; min-SNR gamma {cfg.min_snr_gamma}; "
@@ -228,17 +236,18 @@ def export_ema_prior(model, ema: EMA, scheduler, out_dir: Path, step: int, cfg: 
 # ---------------------------------------------------------------------------- samples
 
 
-def sample_grid_prompts() -> tuple[list[str], torch.Tensor]:
-    """Prompts and azimuths of the periodic sample grid: every object in three colours
-    seen from the front, and the fronted objects also from the back."""
+def sample_grid_prompts(world: World | None = None) -> tuple[list[str], torch.Tensor]:
+    """Prompts and azimuths of the periodic sample grid: every object of the world (default
+    tiny-shapes) in three colours seen from the front, and the fronted objects also from the back."""
+    world = world or get_world(DEFAULT_WORLD)
     prompts, az = [], []
-    for i, obj in enumerate(vocab.OBJECTS):
+    for i, obj in enumerate(world.objects):
         for j in range(3):
-            colour = vocab.COLOURS[(i * 3 + j) % len(vocab.COLOURS)]
+            colour = world.colours[(i * 3 + j) % len(world.colours)]
             prompts.append(vocab.caption(colour, obj, "front" if j < 2 else None))
             az.append(0.0 if j < 2 else 30.0 * j)
-        if obj in ("house", "chair", "robot", "snowman"):
-            prompts.append(vocab.caption(vocab.COLOURS[i % 10], obj, "back"))
+        if obj in world.fronted_objects:
+            prompts.append(vocab.caption(world.colours[i % len(world.colours)], obj, "back"))
             az.append(180.0)
     return prompts, torch.tensor(az)
 
@@ -251,7 +260,7 @@ def write_sample_grid(model, ema: EMA, scheduler, path: Path, seed: int = 0, col
     ema_model = copy.deepcopy(model)
     ema.copy_to(ema_model)
     ema_model.eval()
-    prompts, az = sample_grid_prompts()
+    prompts, az = sample_grid_prompts(model.world)
     n, r = len(prompts), model.cfg.resolution
     cams = orbit_cameras(torch.full((n,), 15.0), az, torch.full((n,), 2.9), torch.full((n,), 45.0), r, r)
     imgs = ddim_sample(ema_model, scheduler, prompts, cams.pose_features(), guidance_scale=SAMPLE_GUIDANCE_SCALE,
@@ -310,7 +319,7 @@ def train_prior(cfg: PriorTrainConfig, out_dir: Path, resume: bool = False,
     out_dir.mkdir(parents=True, exist_ok=True)
     tuner = ThreadTuner(cfg.threads)
     torch.manual_seed(cfg.seed)  # weight initialisation
-    model = EmbeddedDiffusionModel(cfg.model).to(memory_format=torch.channels_last)
+    model = EmbeddedDiffusionModel(cfg.model, world=get_world(cfg.world)).to(memory_format=torch.channels_last)
     scheduler = build_scheduler(cfg.model)
     alphas_cumprod = scheduler.alphas_cumprod.float()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -320,8 +329,10 @@ def train_prior(cfg: PriorTrainConfig, out_dir: Path, resume: bool = False,
         _check_same_architecture(out_dir, cfg)
     step = _load_checkpoint(out_dir, model, ema, opt, gen) if resume else 0
     root = Path(cfg.data_root) if cfg.data_root else None
-    pool = ShardPool(cfg.model.resolution, root) if cfg.data == "shards" else None
-    group_pool = GroupShardPool(cfg.model.resolution, root, cfg.views) if pool is not None and cfg.views > 1 else None
+    world = get_world(cfg.world)
+    pool = ShardPool(cfg.model.resolution, root, world) if cfg.data == "shards" else None
+    group_pool = (GroupShardPool(cfg.model.resolution, root, cfg.views, world)
+                  if pool is not None and cfg.views > 1 else None)
     (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     bar = _progress_bar(step, cfg.steps) if sys.stdout.isatty() else None
     log = (lambda msg: bar.console.log(msg)) if bar else (  # noqa: E731

@@ -1,7 +1,9 @@
 """The embedded prior's vocabulary and prompt normalisation.
 
 The embedded prior knows prompts of the form "a {colour} {object}" with an
-optional view suffix (", front view"). Prompts are normalised before they reach
+optional view suffix (", front view"). Which colours and objects is its world
+(`dream3d.priors.worlds`); every function here takes one and defaults to
+tiny-shapes, the shipped prior's. Prompts are normalised before they reach
 the tokenizer: Unicode NFKC with accents folded ("ａ ｒëｄ" -> "a red"), lower case,
 single spaces, "an" -> "a", a comma glued to the word before it; a word in another
 script is one unknown word, named as such. Words outside the vocabulary are an error unless the caller allows
@@ -14,14 +16,17 @@ import unicodedata
 from dataclasses import dataclass
 
 from dream3d.errors import UserError
+from dream3d.priors.worlds import TINY_SHAPES, WORLDS, World
 from dream3d.text import fold_accents
 
-COLOURS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "white", "black", "brown")
-"""Colour words, in label order."""
-OBJECTS = ("cube", "sphere", "cone", "cylinder", "torus", "pyramid", "mushroom", "tree", "house", "chair", "robot", "snowman")
-"""Object words, in label order."""
+COLOURS = TINY_SHAPES.colours
+"""Colour words of tiny-shapes, in label order (other worlds: `World.colours`)."""
+OBJECTS = TINY_SHAPES.objects
+"""Object words of tiny-shapes, in label order (other worlds: `World.objects`)."""
+FRONTED_OBJECTS = TINY_SHAPES.fronted_objects
+"""Fronted objects of tiny-shapes."""
 VIEWS = ("front", "side", "back", "overhead")
-"""View words of the optional suffix ", {view} view"."""
+"""View words of the optional suffix ", {view} view" (the same in every world)."""
 FUNCTION_WORDS = ("a", "view", ",")
 """Words that carry no content but appear in every well-formed prompt."""
 
@@ -31,9 +36,20 @@ MAX_TOKENS = 10
 """Token sequence length (BOS + up to 8 words + EOS, padded)."""
 
 
-def vocabulary() -> list[str]:
-    """Every token, specials first; the index is the token id."""
-    return [*SPECIAL_TOKENS, *FUNCTION_WORDS, *COLOURS, *OBJECTS, *VIEWS]
+def vocabulary(world: World = TINY_SHAPES) -> list[str]:
+    """Every token of the world's prior, specials first; the index is the token id. A world that
+    extends another starts with the other's vocabulary and appends its new words."""
+    if world.extends is None:
+        return [*SPECIAL_TOKENS, *FUNCTION_WORDS, *world.colours, *world.objects, *VIEWS]
+    base = vocabulary(WORLDS[world.extends])
+    known = set(base)
+    return base + [w for w in (*world.colours, *world.objects) if w not in known]
+
+
+def prior_meta(world: World) -> dict:
+    """The prior.json fields naming a prior's world and storing its words (`worlds.world_of_meta` reads them)."""
+    return {"world": world.name, "vocab": {"colours": list(world.colours), "objects": list(world.objects),
+                                           "views": list(VIEWS), "fronted_objects": list(world.fronted_objects)}}
 
 
 def words(text: str) -> list[str]:
@@ -50,9 +66,9 @@ def normalize_prompt(text: str) -> str:
     return " ".join(words(text)).replace(" ,", ",")
 
 
-def unknown_words(text: str) -> list[str]:
-    """The words of `text` outside the vocabulary, each once, in order."""
-    known = set(vocabulary())
+def unknown_words(text: str, world: World = TINY_SHAPES) -> list[str]:
+    """The words of `text` outside the world's vocabulary, each once, in order."""
+    known = set(vocabulary(world))
     return list(dict.fromkeys(w for w in words(text) if w not in known))
 
 
@@ -68,18 +84,18 @@ def quoted_words(ws: list[str], limit: int = 40) -> str:
     return ", ".join(shown) + (f" and {rest} more" if rest else "")
 
 
-def check_prompt(text: str, allow_unknown: bool = False) -> list[str]:
-    """Return the words the embedded prior ignores (each once). Raise a one-line UserError (of
-    about 300 characters at most) listing the vocabulary if there are any and `allow_unknown`
-    is false, and in any case when no colour or object word is left to train on."""
-    unknown = unknown_words(text)
+def check_prompt(text: str, allow_unknown: bool = False, world: World = TINY_SHAPES) -> list[str]:
+    """Return the words the embedded prior ignores (each once). Raise a one-line UserError listing
+    the world's vocabulary (about 300 characters for tiny-shapes, longer for larger worlds) if there
+    are any and `allow_unknown` is false, and in any case when no colour or object word is left."""
+    unknown = unknown_words(text, world)
     if unknown and not allow_unknown:
         raise UserError(
-            f"the embedded prior does not know {quoted_words(unknown)}; it knows {' '.join(COLOURS)}, "
-            f"{' '.join(OBJECTS)}, {'/'.join(VIEWS)} view; else use --model or --allow-unknown-words"
+            f"the embedded prior does not know {quoted_words(unknown)}; it knows {' '.join(world.colours)}, "
+            f"{' '.join(world.objects)}, {'/'.join(VIEWS)} view; else use --model or --allow-unknown-words"
         )
     ws = words(text)
-    if not any(w in COLOURS or w in OBJECTS for w in ws):
+    if not any(w in world.colours or w in world.objects for w in ws):
         raise UserError(f"the embedded prior finds no colour or object it knows in {_brief(text)} (e.g. "
                         f"\"a red cube\"); for other prompts pass --model with a real checkpoint")
     return unknown
@@ -89,15 +105,15 @@ def _brief(text: str, limit: int = 40) -> str:
     return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 
-def clean_prompt(text: str) -> str:
-    """The normalised prompt with unknown words dropped (what the embedded prior reads)."""
-    known = set(vocabulary())
+def clean_prompt(text: str, world: World = TINY_SHAPES) -> str:
+    """The normalised prompt with words outside the world dropped (what the embedded prior reads)."""
+    known = set(vocabulary(world))
     return " ".join(w for w in words(text) if w in known).replace(" ,", ",")
 
 
-def without_view(text: str) -> str:
+def without_view(text: str, world: World = TINY_SHAPES) -> str:
     """The cleaned prompt without its view suffix: 'a red chair, back view' -> 'a red chair'."""
-    return re.sub(r",? *\b(?:%s) view\b" % "|".join(VIEWS), "", clean_prompt(text)).strip()
+    return re.sub(r",? *\b(?:%s) view\b" % "|".join(VIEWS), "", clean_prompt(text, world)).strip()
 
 
 def caption(colour: str, obj: str, view: str | None = None) -> str:
@@ -114,22 +130,22 @@ class ParsedPrompt:
     view: str | None
 
 
-def parse_prompt(text: str) -> ParsedPrompt:
-    """The colour, object and view words a prompt names (None where absent)."""
+def parse_prompt(text: str, world: World = TINY_SHAPES) -> ParsedPrompt:
+    """The colour, object and view words of the world a prompt names (None where absent)."""
     ws = words(text)
     pick = lambda group: next((w for w in ws if w in group), None)  # noqa: E731
     view = next((ws[i] for i in range(len(ws) - 1) if ws[i] in VIEWS and ws[i + 1] == "view"), None)
-    return ParsedPrompt(pick(COLOURS), pick(OBJECTS), view)
+    return ParsedPrompt(pick(world.colours), pick(world.objects), view)
 
 
-def build_tokenizer():
-    """A word-level `PreTrainedTokenizerFast` over `vocabulary()` that adds BOS/EOS and pads
+def build_tokenizer(world: World = TINY_SHAPES):
+    """A word-level `PreTrainedTokenizerFast` over `vocabulary(world)` that adds BOS/EOS and pads
     to MAX_TOKENS; saved and loaded with the standard tokenizer files."""
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {w: i for i, w in enumerate(vocabulary())}
+    vocab = {w: i for i, w in enumerate(vocabulary(world))}
     tok = Tokenizer(WordLevel(vocab, unk_token=UNK))
     tok.normalizer = normalizers.Lowercase()  # "an" -> "a" happens in normalize_prompt
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])

@@ -5,6 +5,7 @@ evaluation classifier): uniformly random object and colour, random orbit camera
 from `CameraConfig()` (the trainer's distribution), random light and grey
 background, caption "a {colour} {object}" with a ", {view} view" suffix (from
 `view_names`) on about half of the captions. The same seed gives the same batch.
+Objects and colours come from a world (`dream3d.priors.worlds`, default tiny-shapes).
 
 Rendering costs about 30 ms per 32x32 image on one core, so training reads
 pre-rendered shards (`ShardPool`), written by `python -m dream3d.procedural.dataset`.
@@ -24,7 +25,8 @@ import torch
 from torch import Tensor
 
 from dream3d.cameras import CameraConfig, orbit_cameras, sample_orbit, view_names
-from dream3d.priors.vocab import COLOURS, OBJECTS, caption
+from dream3d.priors.vocab import caption
+from dream3d.priors.worlds import TINY_SHAPES, World
 from dream3d.procedural.render import TraceConfig, random_lighting, render_scenes
 from dream3d.procedural.shapes import N_SHAPE_PARAMS, jitter_colour
 from dream3d.types import Cameras
@@ -39,8 +41,8 @@ class LabeledBatch:
     images: Tensor  # [N, H, W, 3] in [0, 1]
     captions: list[str]
     cameras: Cameras
-    objects: Tensor  # [N] index into vocab.OBJECTS
-    colours: Tensor  # [N] index into vocab.COLOURS
+    objects: Tensor  # [N] index into the world's objects
+    colours: Tensor  # [N] index into the world's colours
     views: list[str]  # view name of each camera (whether or not the caption says it)
     coverage: Tensor | None  # [N, H, W, 1] fraction of each pixel covered by the object (None from shards)
 
@@ -51,12 +53,13 @@ def _generator(seed: int | None, generator: torch.Generator | None) -> torch.Gen
     return torch.Generator().manual_seed(0 if seed is None else int(seed))
 
 
-def make_captions(objects: Tensor, colours: Tensor, cams: Cameras, suffix_prob: float, gen: torch.Generator) -> list[str]:
+def make_captions(objects: Tensor, colours: Tensor, cams: Cameras, suffix_prob: float, gen: torch.Generator,
+                  world: World = TINY_SHAPES) -> list[str]:
     """Captions for label indices [N]; each gets its camera's view suffix with probability `suffix_prob`."""
     views = view_names(cams.elevation, cams.azimuth)
     with_suffix = (torch.rand(len(views), generator=gen) < suffix_prob).tolist()
     return [
-        caption(COLOURS[c], OBJECTS[o], v if s else None)
+        caption(world.colours[c], world.objects[o], v if s else None)
         for o, c, v, s in zip(objects.tolist(), colours.tolist(), views, with_suffix)
     ]
 
@@ -70,31 +73,41 @@ def make_labeled_batch(
     objects: Tensor | None = None,  # [n] fixed object indices (default: uniform)
     colours: Tensor | None = None,  # [n] fixed colour indices (default: uniform)
     cameras: Cameras | None = None,  # fixed cameras (default: `sample_orbit(CameraConfig())`)
+    world: World = TINY_SHAPES,
 ) -> LabeledBatch:
-    """Render n random labelled scenes at `resolution` (square)."""
+    """Render n random labelled scenes of the world's objects and colours at `resolution` (square)."""
     gen = _generator(seed, generator)
-    obj = torch.randint(len(OBJECTS), (n,), generator=gen) if objects is None else objects.long()
-    col = torch.randint(len(COLOURS), (n,), generator=gen) if colours is None else colours.long()
+    obj = torch.randint(len(world.objects), (n,), generator=gen) if objects is None else objects.long()
+    col = torch.randint(len(world.colours), (n,), generator=gen) if colours is None else colours.long()
     cams = sample_orbit(CameraConfig(), n, resolution, resolution, gen) if cameras is None else cameras
     u = torch.rand(n, N_SHAPE_PARAMS, generator=gen)
-    main = jitter_colour([COLOURS[c] for c in col.tolist()], gen)
+    main = jitter_colour([world.colours[c] for c in col.tolist()], gen)
     light = random_lighting(cams, gen)
-    captions = make_captions(obj, col, cams, suffix_prob, gen)
-    images, coverage = render_scenes([OBJECTS[o] for o in obj.tolist()], u, main, cams, light, TraceConfig())
+    captions = make_captions(obj, col, cams, suffix_prob, gen, world)
+    images, coverage = render_scenes([world.objects[o] for o in obj.tolist()], u, main, cams, light, TraceConfig())
     return LabeledBatch(images, captions, cams, obj, col, view_names(cams.elevation, cams.azimuth), coverage)
 
 
 def make_batch(
-    n: int, resolution: int, seed: int | None = None, generator: torch.Generator | None = None
+    n: int, resolution: int, seed: int | None = None, generator: torch.Generator | None = None,
+    world: World = TINY_SHAPES,
 ) -> tuple[Tensor, list[str], Cameras]:
-    """(images [N, H, W, 3] in [0, 1], captions, cameras) of n random scenes; reproducible from `seed`
-    (or drawn from `generator`). Captions are "a {colour} {object}" (English article), half of them
-    followed by ", {front|side|back|overhead} view"."""
-    b = make_labeled_batch(n, resolution, seed=seed, generator=generator)
+    """(images [N, H, W, 3] in [0, 1], captions, cameras) of n random scenes of the world; reproducible
+    from `seed` (or drawn from `generator`). Captions are "a {colour} {object}" (English article), half
+    of them followed by ", {front|side|back|overhead} view"."""
+    b = make_labeled_batch(n, resolution, seed=seed, generator=generator, world=world)
     return b.images, b.captions, b.cameras
 
 
 # ---------------------------------------------------------------------------- shards on disk
+
+
+def world_root(root: Path | None, world: World) -> Path | None:
+    """The cache root of a world's shards: `root` itself for tiny-shapes (where its shards always
+    were), a sub-folder named after the world otherwise."""
+    if world.name == TINY_SHAPES.name:
+        return root
+    return Path(root or DEFAULT_CACHE) / world.name
 
 
 def shard_dir(resolution: int, root: Path | None = None) -> Path:
@@ -105,12 +118,14 @@ def shard_path(index: int, resolution: int, root: Path | None = None) -> Path:
     return shard_dir(resolution, root) / f"shard-{index:05d}.npz"
 
 
-def write_shard(index: int, size: int, resolution: int, root: Path | None = None, chunk: int = 128) -> Path:
-    """Render shard `index` (seeded by its index) and write it atomically; returns its path."""
-    path = shard_path(index, resolution, root)
+def write_shard(index: int, size: int, resolution: int, root: Path | None = None, chunk: int = 128,
+                world: World = TINY_SHAPES) -> Path:
+    """Render shard `index` of the world (seeded by its index) and write it atomically; returns its path."""
+    path = shard_path(index, resolution, world_root(root, world))
     path.parent.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(1_000_003 * (index + 1))
-    parts = [make_labeled_batch(min(chunk, size - s), resolution, generator=gen) for s in range(0, size, chunk)]
+    parts = [make_labeled_batch(min(chunk, size - s), resolution, generator=gen, world=world)
+             for s in range(0, size, chunk)]
     cams = [p.cameras for p in parts]
     arrays = {
         "images": (torch.cat([p.images for p in parts]) * 255.0).round().to(torch.uint8).numpy(),
@@ -133,11 +148,13 @@ class ShardPool:
     `sample` mirrors half of the images left-right together with their cameras
     (azimuth -> -azimuth): every object is symmetric under x -> -x up to its random
     proportions, so a mirrored render is another valid sample with a consistent camera.
+    The shards are the world's (`world_root`); `root` is the cache root of every world.
     """
 
-    def __init__(self, resolution: int, root: Path | None = None):
+    def __init__(self, resolution: int, root: Path | None = None, world: World = TINY_SHAPES):
         self.resolution = resolution
-        self.root = root
+        self.world = world
+        self.root = world_root(root, world)
         self.loaded: set[Path] = set()
         self.arrays: dict[str, np.ndarray] = {}
         self.refresh()
@@ -174,7 +191,7 @@ class ShardPool:
         r = self.resolution
         cams = orbit_cameras(a["elevation"].float(), azimuth, a["distance"].float(), a["fov_deg"].float(), r, r)
         obj, col = a["objects"].long(), a["colours"].long()
-        captions = make_captions(obj, col, cams, suffix_prob, gen)
+        captions = make_captions(obj, col, cams, suffix_prob, gen, self.world)
         return LabeledBatch(images, captions, cams, obj, col, view_names(cams.elevation, cams.azimuth),
                             None)
 
@@ -186,13 +203,17 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=32)
     ap.add_argument("--root", type=Path, default=None, help=f"cache root (default {DEFAULT_CACHE})")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--world", default=TINY_SHAPES.name, help="the world to render (dream3d.priors.worlds)")
     args = ap.parse_args()
+    from dream3d.priors.worlds import get_world
+
+    world = get_world(args.world)
     torch.set_num_threads(args.threads)
     for i in range(args.shards):
-        if shard_path(i, args.resolution, args.root).exists():
+        if shard_path(i, args.resolution, world_root(args.root, world)).exists():
             continue
         t0 = time.time()
-        path = write_shard(i, args.size, args.resolution, args.root)
+        path = write_shard(i, args.size, args.resolution, args.root, world=world)
         print(f"{path} {args.size} images in {time.time() - t0:.1f}s", flush=True)
 
 

@@ -18,10 +18,14 @@ def col(v: Tensor | float, like: Tensor) -> Tensor:
     return v.reshape(-1, 1)
 
 
+def _point(v: tuple, like: Tensor) -> Tensor:
+    """(x, y, z) of floats or [N] tensors as [N, 1, 3]."""
+    return torch.stack([col(c, like) for c in v], dim=-1)
+
+
 def translate(p: Tensor, x=0.0, y=0.0, z=0.0) -> Tensor:
     """Points [N, P, 3] expressed in a frame whose origin is at (x, y, z)."""
-    offset = torch.stack([col(x, p), col(y, p), col(z, p)], dim=-1)  # [N, 1, 3]
-    return p - offset
+    return p - _point((x, y, z), p)
 
 
 def rotate_y(p: Tensor, degrees: Tensor) -> Tensor:
@@ -38,6 +42,45 @@ def rotate_x(p: Tensor, degrees: Tensor) -> Tensor:
     c, s = torch.cos(a), torch.sin(a)
     x, y, z = p.unbind(-1)
     return torch.stack([x, c * y + s * z, -s * y + c * z], dim=-1)
+
+
+def rotate_z(p: Tensor, degrees: Tensor) -> Tensor:
+    """Points [N, P, 3] in the frame of a shape rolled by `degrees` [N] about +Z."""
+    a = torch.deg2rad(col(degrees, p))
+    c, s = torch.cos(a), torch.sin(a)
+    x, y, z = p.unbind(-1)
+    return torch.stack([c * x + s * y, -s * x + c * y, z], dim=-1)
+
+
+def mirror_x(p: Tensor) -> Tensor:
+    """Points [N, P, 3] folded onto x >= 0: a shape placed at x > 0 then also appears at -x."""
+    return torch.stack([p[..., 0].abs(), p[..., 1], p[..., 2]], dim=-1)
+
+
+def mirror_z(p: Tensor) -> Tensor:
+    """Points [N, P, 3] folded onto z >= 0 (front and back copies of one shape)."""
+    return torch.stack([p[..., 0], p[..., 1], p[..., 2].abs()], dim=-1)
+
+
+def fold_around_y(p: Tensor, copies: int) -> Tensor:
+    """Points [N, P, 3] folded into one sector of 360/copies degrees around +Y, centred on +X:
+    a shape placed on +X then repeats `copies` times around the axis (merlons, petals, sprinkles).
+    Exact for shapes that stay inside their sector."""
+    sector = 2.0 * torch.pi / copies
+    x, y, z = p.unbind(-1)
+    r = torch.sqrt(x * x + z * z)
+    a = torch.remainder(torch.atan2(z, x) + 0.5 * sector, sector) - 0.5 * sector
+    return torch.stack([r * torch.cos(a), y, r * torch.sin(a)], dim=-1)
+
+
+def along_x(p: Tensor) -> Tensor:
+    """Swap X and Y: a vertical primitive evaluated on these points lies along X."""
+    return p[..., [1, 0, 2]]
+
+
+def along_z(p: Tensor) -> Tensor:
+    """Swap Y and Z: a vertical primitive evaluated on these points lies along Z (its +Y on +Z)."""
+    return p[..., [0, 2, 1]]
 
 
 def sphere(p: Tensor, radius) -> Tensor:
@@ -87,6 +130,14 @@ def cylinder(p: Tensor, radius, half_height, rounding=0.0) -> Tensor:
     d_y = p[..., 1].abs() - col(half_height, p) + r
     outside = torch.stack([d_r.clamp(min=0.0), d_y.clamp(min=0.0)], -1).norm(dim=-1)
     return outside + torch.maximum(d_r, d_y).clamp(max=0.0) - r
+
+
+def capsule(p: Tensor, a: tuple, b: tuple, radius) -> Tensor:
+    """Segment from a to b (each (x, y, z) of floats or [N] tensors) thickened by `radius` (exact)."""
+    pa = p - _point(a, p)  # [N, P, 3]
+    ba = _point(b, p) - _point(a, p)  # [N, 1, 3]
+    h = ((pa * ba).sum(-1) / (ba * ba).sum(-1).clamp(min=1e-12)).clamp(0.0, 1.0)  # [N, P]
+    return (pa - ba * h[..., None]).norm(dim=-1) - col(radius, p)
 
 
 def torus(p: Tensor, major, minor) -> Tensor:

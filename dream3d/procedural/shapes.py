@@ -1,12 +1,19 @@
-"""The embedded prior's objects: compositions of analytic SDF primitives.
+"""The registry of procedural objects and colours every world draws from.
 
 Each object is a function `(p [N, P, 3], u [N, K], main [N, 3]) -> list of
 (distance [N, P], colour [N, 3])` parts. `u` holds K uniform random numbers per
 scene that set its proportions, so one function describes a distribution of
 shapes, not one instance. Objects stand upright (+Y up) inside a radius of about
-0.75 around the origin; house, chair, robot and snowman face +Z. The prompt colour
-`main` covers most of the surface; small parts (eyes, doors, trunks) keep fixed
-colours, switched to a light shade when the main colour is too dark to read them.
+0.75 around the origin; objects with a front face +Z. The prompt colour `main`
+covers most of the surface; small parts (eyes, doors, wheels) keep fixed colours,
+switched to a readable shade when the main colour would hide them.
+
+Every object's distribution is symmetric under x -> -x (the data set mirrors renders
+left-right): new objects take their small random turn from u[:, 0] and the side of
+any off-centre part from u[:, 15] (`parts.yaw`, `parts.side`).
+
+Which objects and colours a prior knows is its world (`dream3d.priors.worlds`); the
+families live in `procedural/objects/`, one module each.
 """
 from __future__ import annotations
 
@@ -16,9 +23,11 @@ import torch
 from torch import Tensor
 
 from dream3d.procedural import primitives as sdf
+from dream3d.procedural.objects import animals, basic, furniture, household, nature, structures, vehicles
 
 N_SHAPE_PARAMS = 16
-"""Number of uniform random numbers that set one object's proportions."""
+"""Number of uniform random numbers that set one object's proportions (fixed: the tiny-shapes
+data set's random draws depend on it)."""
 
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.85, 0.10, 0.10),
@@ -31,212 +40,23 @@ COLOURS: dict[str, tuple[float, float, float]] = {
     "white": (0.94, 0.94, 0.94),
     "black": (0.07, 0.07, 0.07),
     "brown": (0.45, 0.26, 0.11),
+    # Added for the larger world; each at least 39 CIELAB units from every other colour
+    # (the first ten are at least 27 apart: blue and purple).
+    "grey": (0.45, 0.45, 0.45),
+    "cyan": (0.10, 0.80, 0.85),
+    "lime": (0.62, 0.92, 0.15),
+    "magenta": (0.88, 0.10, 0.68),
 }
 """Linear-ish RGB albedo of each colour word before per-sample jitter."""
 
-FRONTED_OBJECTS = ("house", "chair", "robot", "snowman")
-"""Objects with a distinct front (facing +Z), for which view suffixes carry information."""
-
-TRUNK = (0.33, 0.19, 0.07)
-STEM = (0.93, 0.89, 0.76)
-EYE_GLOW = (0.35, 0.95, 1.0)
-CARROT = (0.98, 0.45, 0.05)
-
-
-def _lerp(u: Tensor, lo: float, hi: float) -> Tensor:
-    return lo + (hi - lo) * u
-
-
-def _fixed(rgb: tuple[float, float, float], like: Tensor) -> Tensor:
-    return torch.tensor(rgb, dtype=like.dtype, device=like.device).expand(like.shape[0], 3)
-
-
-def contrast_colour(main: Tensor) -> Tensor:
-    """[N, 3] near-black detail colour, or near-white on dark main colours [N, 3]."""
-    luminance = main @ torch.tensor([0.299, 0.587, 0.114], dtype=main.dtype, device=main.device)
-    dark = torch.full_like(main, 0.06)
-    light = torch.full_like(main, 0.92)
-    return torch.where((luminance < 0.22)[:, None], light, dark)
-
-
-def _shade(main: Tensor, factor: float) -> Tensor:
-    return (main * factor).clamp(0.0, 1.0)
-
-
-def cube(p, u, main):
-    p = sdf.rotate_y(p, _lerp(u[:, 0], 0.0, 90.0))
-    h = _lerp(u[:, 1], 0.38, 0.47)
-    return [(sdf.box(p, h, h, h, rounding=_lerp(u[:, 2], 0.01, 0.06)), main)]
-
-
-def sphere(p, u, main):
-    return [(sdf.sphere(p, _lerp(u[:, 0], 0.5, 0.64)), main)]
-
-
-def cone(p, u, main):
-    p = sdf.translate(p, y=_lerp(u[:, 2], -0.05, 0.0))
-    half_h = _lerp(u[:, 0], 0.45, 0.6)
-    return [(sdf.frustum(p, half_h, _lerp(u[:, 1], 0.42, 0.58), 0.0), main)]
-
-
-def cylinder(p, u, main):
-    return [(sdf.cylinder(p, _lerp(u[:, 0], 0.3, 0.48), _lerp(u[:, 1], 0.35, 0.55), _lerp(u[:, 2], 0.01, 0.05)), main)]
-
-
-def torus(p, u, main):
-    p = sdf.rotate_x(sdf.rotate_y(p, _lerp(u[:, 0], 0.0, 360.0)), _lerp(u[:, 1], 35.0, 70.0))
-    return [(sdf.torus(p, _lerp(u[:, 2], 0.42, 0.52), _lerp(u[:, 3], 0.13, 0.2)), main)]
-
-
-def pyramid(p, u, main):
-    height = _lerp(u[:, 1], 0.85, 1.1)
-    p = sdf.rotate_y(sdf.translate(p, y=-0.5 * height), _lerp(u[:, 0], 0.0, 90.0))
-    return [(sdf.pyramid(p, _lerp(u[:, 2], 0.48, 0.58), height), main)]
-
-
-def mushroom(p, u, main):
-    stem_r = _lerp(u[:, 0], 0.1, 0.16)
-    stem_h = _lerp(u[:, 1], 0.25, 0.38)  # half height
-    cap_r = _lerp(u[:, 2], 0.4, 0.55)
-    cap_h = _lerp(u[:, 3], 0.25, 0.4)
-    bottom = -0.55
-    stem_y = bottom + stem_h
-    cap_base = bottom + 2.0 * stem_h - 0.05
-    stem = sdf.frustum(sdf.translate(p, y=stem_y), stem_h, stem_r * 1.25, stem_r)
-    q = sdf.translate(p, y=cap_base)
-    cap = torch.maximum(sdf.ellipsoid(q, cap_r, cap_h, cap_r), -q[..., 1])
-    return [(stem, _fixed(STEM, main)), (cap, main)]
-
-
-def tree(p, u, main):
-    trunk_r = _lerp(u[:, 0], 0.07, 0.11)
-    trunk_top = _lerp(u[:, 1], -0.3, -0.15)
-    bottom = -0.65
-    trunk = sdf.cylinder(sdf.translate(p, y=0.5 * (bottom + trunk_top)), trunk_r, 0.5 * (trunk_top - bottom) + 0.05)
-    # Conifer: two stacked cones; broadleaf: a round crown. Chosen per scene by u[:, 2].
-    w = _lerp(u[:, 3], 0.42, 0.55)
-    lower = sdf.frustum(sdf.translate(p, y=trunk_top + 0.25), 0.27, w, w * 0.3)
-    upper = sdf.frustum(sdf.translate(p, y=trunk_top + 0.6), 0.3, w * 0.75, 0.0)
-    conifer = torch.minimum(lower, upper)
-    crown_r = _lerp(u[:, 4], 0.38, 0.48)
-    crown = sdf.ellipsoid(sdf.translate(p, y=trunk_top + crown_r * 0.9), crown_r, crown_r * 1.05, crown_r)
-    leaves = torch.where(u[:, 2:3] < 0.6, conifer, crown)
-    return [(trunk, _fixed(TRUNK, main)), (leaves, main)]
-
-
-def house(p, u, main):
-    p = sdf.rotate_y(p, _lerp(u[:, 0], -6.0, 6.0))
-    hw, hd, hh = _lerp(u[:, 1], 0.42, 0.52), _lerp(u[:, 2], 0.3, 0.4), _lerp(u[:, 3], 0.24, 0.32)
-    roof_h = _lerp(u[:, 4], 0.3, 0.42)
-    bottom = -0.5 * (2.0 * hh + roof_h)
-    body = sdf.box(sdf.translate(p, y=bottom + hh), hw, hh, hd, 0.01)
-    roof = sdf.prism(sdf.translate(p, y=bottom + 2.0 * hh), hw + 0.05, hd + 0.07, roof_h)
-    detail = contrast_colour(main)
-    door_w, door_h = _lerp(u[:, 5], 0.08, 0.11), _lerp(u[:, 6], 0.15, 0.19)
-    door_x = _lerp(u[:, 7], -0.08, 0.08)
-    door = sdf.box(sdf.translate(p, x=door_x, y=bottom + door_h, z=hd), door_w, door_h, 0.025)
-    win_y = bottom + hh * _lerp(u[:, 8], 1.05, 1.3)
-    win = _lerp(u[:, 9], 0.065, 0.085)
-    side = hw * 0.62
-    windows = torch.minimum(
-        sdf.box(sdf.translate(p, x=door_x - side, y=win_y, z=hd), win, win, 0.02),
-        sdf.box(sdf.translate(p, x=door_x + side, y=win_y, z=hd), win, win, 0.02),
-    )
-    return [(body, main), (roof, _shade(main, 0.72)), (door, detail), (windows, detail)]
-
-
-def chair(p, u, main):
-    p = sdf.rotate_y(p, _lerp(u[:, 0], -6.0, 6.0))
-    hw, hd = _lerp(u[:, 1], 0.3, 0.38), _lerp(u[:, 2], 0.28, 0.36)
-    seat_y = _lerp(u[:, 3], -0.12, -0.02)
-    seat_t = 0.05
-    bottom = -0.62
-    leg = _lerp(u[:, 4], 0.035, 0.05)
-    leg_half = 0.5 * (seat_y - bottom)
-    legs = None
-    for sx in (-1.0, 1.0):
-        for sz in (-1.0, 1.0):
-            d = sdf.box(sdf.translate(p, x=sx * (hw - leg), y=bottom + leg_half, z=sz * (hd - leg)), leg, leg_half, leg)
-            legs = d if legs is None else torch.minimum(legs, d)
-    seat = sdf.box(sdf.translate(p, y=seat_y), hw, seat_t, hd, 0.015)
-    back_top = _lerp(u[:, 5], 0.5, 0.65)
-    back_half = 0.5 * (back_top - seat_y)
-    back = sdf.box(sdf.translate(p, y=seat_y + back_half, z=-hd + 0.04), hw, back_half, 0.04, 0.015)
-    return [(legs, _shade(main, 0.8)), (seat, main), (back, main)]
-
-
-def robot(p, u, main):
-    p = sdf.rotate_y(p, _lerp(u[:, 0], -6.0, 6.0))
-    bw, bh, bd = _lerp(u[:, 1], 0.24, 0.3), _lerp(u[:, 2], 0.22, 0.27), _lerp(u[:, 3], 0.16, 0.2)
-    hw, hh, hd = _lerp(u[:, 4], 0.17, 0.21), _lerp(u[:, 5], 0.13, 0.16), _lerp(u[:, 6], 0.14, 0.17)
-    leg_h = 0.16
-    bottom = -0.62
-    body_y = bottom + 2 * leg_h + bh
-    head_y = body_y + bh + 0.03 + hh
-    body = sdf.box(sdf.translate(p, y=body_y), bw, bh, bd, 0.03)
-    head = sdf.box(sdf.translate(p, y=head_y), hw, hh, hd, 0.03)
-    legs = torch.minimum(
-        sdf.box(sdf.translate(p, x=-bw * 0.5, y=bottom + leg_h), 0.07, leg_h, 0.08, 0.02),
-        sdf.box(sdf.translate(p, x=bw * 0.5, y=bottom + leg_h), 0.07, leg_h, 0.08, 0.02),
-    )
-    arm_y = body_y + bh * 0.1
-    arms = torch.minimum(
-        sdf.cylinder(sdf.translate(p, x=-(bw + 0.06), y=arm_y), 0.05, bh * 0.9, 0.02),
-        sdf.cylinder(sdf.translate(p, x=bw + 0.06, y=arm_y), 0.05, bh * 0.9, 0.02),
-    )
-    antenna = torch.minimum(
-        sdf.cylinder(sdf.translate(p, y=head_y + hh + 0.05), 0.015, 0.05),
-        sdf.sphere(sdf.translate(p, y=head_y + hh + 0.11), 0.035),
-    )
-    face = sdf.box(sdf.translate(p, y=head_y, z=hd), hw * 0.82, hh * 0.72, 0.02, 0.01)
-    eye_y, eye_x = head_y + hh * 0.15, hw * 0.42
-    eyes = torch.minimum(
-        sdf.sphere(sdf.translate(p, x=-eye_x, y=eye_y, z=hd + 0.015), 0.045),
-        sdf.sphere(sdf.translate(p, x=eye_x, y=eye_y, z=hd + 0.015), 0.045),
-    )
-    panel = sdf.box(sdf.translate(p, y=body_y + bh * 0.1, z=bd), bw * 0.55, bh * 0.45, 0.02, 0.01)
-    dark = _fixed((0.08, 0.08, 0.1), main)
-    return [(body, main), (head, main), (legs, _shade(main, 0.75)), (arms, _shade(main, 0.85)),
-            (antenna, _shade(main, 0.7)), (face, dark), (eyes, _fixed(EYE_GLOW, main)), (panel, dark)]
-
-
-def snowman(p, u, main):
-    p = sdf.rotate_y(p, _lerp(u[:, 0], -6.0, 6.0))
-    r0, r1, r2 = _lerp(u[:, 1], 0.3, 0.35), _lerp(u[:, 2], 0.22, 0.26), _lerp(u[:, 3], 0.16, 0.19)
-    y0 = -0.65 + r0
-    y1 = y0 + r0 + r1 * 0.75
-    y2 = y1 + r1 + r2 * 0.75
-    body = torch.minimum(torch.minimum(sdf.sphere(sdf.translate(p, y=y0), r0), sdf.sphere(sdf.translate(p, y=y1), r1)),
-                         sdf.sphere(sdf.translate(p, y=y2), r2))
-    detail = contrast_colour(main)
-    eye_y, eye_x = y2 + r2 * 0.3, r2 * 0.42
-    eye_z = (r2**2 - eye_x**2 - (r2 * 0.3) ** 2).sqrt()
-    # Face and buttons are drawn large: at 32x32 pixels they are what tells the front from the back.
-    eyes = torch.minimum(sdf.sphere(sdf.translate(p, x=-eye_x, y=eye_y, z=eye_z), 0.065),
-                         sdf.sphere(sdf.translate(p, x=eye_x, y=eye_y, z=eye_z), 0.065))
-    nose_len = _lerp(u[:, 4], 0.2, 0.26)
-    # The carrot points along +Z: swap Y and Z so the vertical frustum lies along Z.
-    q = sdf.translate(p, y=y2 - r2 * 0.05, z=r2 + 0.5 * nose_len - 0.04)
-    q = torch.stack([q[..., 0], -q[..., 2], q[..., 1]], dim=-1)
-    nose = sdf.frustum(q, 0.5 * nose_len, 0.07, 0.0)
-    buttons = None
-    for y_c, r_c, fy in ((y1, r1, 0.45), (y1, r1, -0.05), (y0, r0, 0.35)):
-        by = y_c + r_c * fy
-        bz = (r_c**2 - (r_c * fy) ** 2).sqrt()
-        d = sdf.sphere(sdf.translate(p, y=by, z=bz), 0.06)
-        buttons = d if buttons is None else torch.minimum(buttons, d)
-    carrot = _fixed(CARROT, main)
-    nose_colour = torch.where(((main - carrot).norm(dim=-1) < 0.35)[:, None], detail, carrot)
-    return [(body, main), (eyes, detail), (nose, nose_colour), (buttons, detail)]
-
-
 ObjectFn = Callable[[Tensor, Tensor, Tensor], list[tuple[Tensor, Tensor]]]
 
-OBJECTS: dict[str, ObjectFn] = {
-    "cube": cube, "sphere": sphere, "cone": cone, "cylinder": cylinder, "torus": torus, "pyramid": pyramid,
-    "mushroom": mushroom, "tree": tree, "house": house, "chair": chair, "robot": robot, "snowman": snowman,
-}
-"""Object name -> SDF composition, in the vocabulary's order."""
+_FAMILIES = (basic, animals, vehicles, furniture, household, nature, structures)
+OBJECTS: dict[str, ObjectFn] = {name: fn for family in _FAMILIES for name, fn in family.OBJECTS.items()}
+"""Object name -> SDF composition (the tiny-shapes twelve first)."""
+FACING: dict[str, tuple[int, int]] = {name: f for family in _FAMILIES for name, f in family.FACING.items()}
+"""Objects with a front -> (index of a part on one side of it, +1: that part is at the front (+Z),
+-1: at the back). Tests check the part's side; worlds list exactly these as fronted."""
 
 
 def jitter_colour(names: list[str], gen: torch.Generator | None = None) -> Tensor:
@@ -245,6 +65,11 @@ def jitter_colour(names: list[str], gen: torch.Generator | None = None) -> Tenso
     brightness = 0.88 + 0.2 * torch.rand(len(names), 1, generator=gen)
     tint = 0.05 * (torch.rand(len(names), 3, generator=gen) - 0.5)
     return (base * brightness + tint).clamp(0.02, 0.98)
+
+
+def object_parts(name: str, p: Tensor, u: Tensor, main: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """The parts (distance [N, P], colour [N, 3]) of object `name` for points p [N, P, 3]."""
+    return OBJECTS[name](p, u, main)
 
 
 def object_sdf(name: str, p: Tensor, u: Tensor, main: Tensor) -> tuple[Tensor, Tensor]:
