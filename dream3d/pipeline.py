@@ -185,6 +185,26 @@ def load_run(run_dir: Path, device: torch.device | None = None):
     return cfg, rep
 
 
+def load_asset(run_dir: Path, device: torch.device | None = None):
+    """(config, what the run gives the user to look at): for a run ending in an explicit surface
+    (DMTet) its exported mesh.glb as written (cleaned, smoothed, textured), rendered like a
+    representation; otherwise, or while no readable mesh.glb exists, the last stage itself."""
+    from dream3d.export.read_mesh import read_mesh
+    from dream3d.export.run_export import _lighting
+    from dream3d.render.textured_mesh import MeshAsset
+
+    cfg, rep = load_run(run_dir, device)
+    glb = Path(run_dir) / "mesh.glb"
+    if getattr(rep, "is_explicit_surface", False) and glb.is_file():
+        try:
+            mesh = read_mesh(glb)
+        except UserError:
+            return cfg, rep
+        device = next(iter(rep.parameters()), torch.zeros(())).device
+        return cfg, MeshAsset(mesh, *_lighting(rep), device=device)
+    return cfg, rep
+
+
 def export_run(run_dir: Path, rep=None, cfg: RunConfig | None = None, names: dict[str, str] | None = None,
                **overrides) -> dict[str, Path]:
     """Write the mesh files and turntable video of a run; `overrides` replace export.* fields

@@ -89,7 +89,7 @@ def test_an_explicit_surfaces_turntable_shows_its_exported_mesh(tmp_path, monkey
     cams = turntable(cfg, 2, 48, 48)[0:1]
     bg = torch.full((1, 3), 0.7)
     def normal_picture(out):
-        return normal_to_rgb(out.normal, out.alpha, 0.7)[0]
+        return torch.as_tensor(np.asarray(normal_to_rgb(out.normal, out.alpha, 0.7)[0])).float()
 
     from_file = normal_picture(MeshAsset(written).render(cams, bg))
     with torch.no_grad():
@@ -102,3 +102,44 @@ def test_an_explicit_surfaces_turntable_shows_its_exported_mesh(tmp_path, monkey
 def test_bad_shading_is_refused():
     with pytest.raises(ValueError, match="unknown shading"):
         render_mesh(_sphere(1), turntable(CameraConfig(), 1, 8, 8), torch.full((1, 3), 0.5), shading="toon")
+
+
+def test_read_mesh_gives_back_what_write_mesh_wrote(tmp_path):
+    from dream3d.errors import UserError
+    from dream3d.export.mesh import write_mesh
+    from dream3d.export.read_mesh import read_mesh
+
+    mesh = _sphere(2)
+    textured = unwrap(mesh, resolution=64)
+    tex = torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(0))
+    textured = Mesh(textured.vertices, textured.faces, None, textured.uv, tex)
+    write_mesh(textured, tmp_path / "t.glb")
+    back = read_mesh(tmp_path / "t.glb")
+    torch.testing.assert_close(back.vertices, textured.vertices)
+    torch.testing.assert_close(back.uv, textured.uv, atol=1e-6, rtol=0)
+    assert torch.equal(back.faces, textured.faces)
+    assert (back.texture - tex).abs().max() <= 0.5 / 255 + 1e-6  # 8-bit PNG
+    write_mesh(mesh, tmp_path / "c.ply")
+    coloured = read_mesh(tmp_path / "c.ply")
+    assert coloured.uv is None and (coloured.vertex_colors - mesh.vertex_colors).abs().max() <= 0.5 / 255 + 1e-6
+    (tmp_path / "bad.glb").write_bytes(b"glTF not really")
+    for bad, words in ((tmp_path / "missing.glb", "no such mesh file"), (tmp_path / "bad.glb", "not a mesh")):
+        with pytest.raises(UserError, match=words):
+            read_mesh(bad)
+
+
+def test_eval_reads_a_mesh_runs_exported_file(tmp_path, monkeypatch):
+    """`load_asset` gives a DMTet run's mesh.glb (what `dream3d eval` then renders), and the
+    DMTet itself when the file is missing or broken."""
+    from dream3d import pipeline
+
+    rep = DMTet(DMTetConfig(grid_resolution=16, init_radius=0.47))
+    export_representation(rep, tmp_path, mesh=True, video=False, formats=["glb"], mesh_resolution=32,
+                          video_resolution=24, n_frames=2, background=0.7, camera_cfg=CameraConfig(),
+                          decimate_faces=None, texture_size=64)
+    monkeypatch.setattr(pipeline, "load_run", lambda run_dir, device=None: ("cfg", rep))
+    cfg, asset = pipeline.load_asset(tmp_path)
+    assert isinstance(asset, MeshAsset) and asset.mesh.texture is not None
+    assert len(asset.mesh.faces) == len(trimesh.load(tmp_path / "mesh.glb", force="mesh").faces)
+    (tmp_path / "mesh.glb").write_bytes(b"broken")
+    assert pipeline.load_asset(tmp_path)[1] is rep

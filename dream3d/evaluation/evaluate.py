@@ -199,12 +199,13 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 
 def evaluate_run(run_dir: Path, n_views: int = 8, classifier: ShapeClassifier | None = None) -> dict:
-    """Evaluate a finished run from its folder; writes `eval.json` there and returns the result."""
+    """Evaluate a finished run from its folder (what it gives the user: a mesh-ending run's mesh.glb, else
+    its last stage); writes `eval.json` there and returns the result."""
     from dream3d import pipeline
 
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
-    cfg, rep = pipeline.load_run(run_dir)
+    cfg, rep = pipeline.load_asset(run_dir)
     images, azimuth = render_turntable(cfg, rep, n_views)
     result = evaluate_images(images, cfg.prompt, azimuth=azimuth, classifier=classifier)
     result = {"run_dir": str(run_dir), "elevation": float(cfg.camera.eval_elevation),
