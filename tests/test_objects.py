@@ -2,6 +2,7 @@
 fronted ones facing +Z as the cameras name their views."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -104,3 +105,13 @@ def test_view_names_follow_the_azimuth():
     el = torch.tensor([10.0] * 10 + [50.0])
     assert view_names(el, az) == ["front", "front", "front", "side", "side", "side", "back", "back", "back",
                                   "back", "overhead"]
+
+
+def test_contact_sheet_has_a_labelled_tile_per_object():
+    from dream3d.procedural.sheet import render_sheet
+
+    sheet = render_sheet(["duck", "car", "flower"], ["red", "cyan"], size=16, cols=2)
+    assert sheet.size == (32, 2 * (16 + 12))
+    tiles = torch.from_numpy(np.asarray(sheet, dtype=np.float32))  # [56, 32, 3]
+    assert (tiles[:16, :16] - tiles[0, 0]).abs().amax() > 50  # the duck drawn on its background
+    assert (tiles[28:44, 16:] == 255).all()  # no fourth tile

@@ -141,3 +141,23 @@ def test_dataset_draws_from_the_world_and_keeps_tiny_shapes_shards_where_they_we
     assert int(drawn.objects.max()) >= 12 and int(drawn.colours.max()) >= 10  # new words are drawn
     assert world_root(tmp_path, TINY_SHAPES) == tmp_path
     assert shard_dir(32, world_root(tmp_path, TOY_WORLD)) == tmp_path / "toy-world" / shard_dir(32, tmp_path).name
+
+
+def test_prior_train_cli_trains_and_renders_the_world_asked_for(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from dream3d import cli
+    from dream3d.priors import train_embedded
+    from dream3d.procedural import dataset
+
+    got, written, asked = {}, [], []
+    monkeypatch.setattr(train_embedded, "train_prior", lambda cfg, out, resume=True: got.setdefault("cfg", cfg) and out)
+    monkeypatch.setattr(dataset, "write_shard", lambda i, size, res, **kw: written.append((i, kw["world"].name)))
+    monkeypatch.setattr(dataset, "shard_path", lambda i, res, root=None: asked.append(root) or tmp_path / "missing")
+    res = CliRunner().invoke(cli.app, ["prior", "train", "--out", str(tmp_path / "o"), "--world", "toy-world",
+                                       "--shards", "2", "--steps", "5"])
+    assert res.exit_code == 0, res.output
+    assert got["cfg"].world == "toy-world" and written == [(0, "toy-world"), (1, "toy-world")]
+    assert all(str(root).endswith("toy-world") for root in asked)  # its shards, not tiny-shapes'
+    res = CliRunner().invoke(cli.app, ["prior", "train", "--out", str(tmp_path / "o"), "--world", "nope"])
+    assert res.exit_code != 0 and "unknown world 'nope'" in (res.output + str(res.exception))

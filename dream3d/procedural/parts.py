@@ -71,6 +71,17 @@ def unless_close(rgb: tuple[float, float, float], main: Tensor, instead: Tensor,
     return torch.where(((main - colour).norm(dim=-1) < within)[:, None], instead, colour)
 
 
+def scaled(fn, factor: float):
+    """Object `fn` drawn `factor` times larger about the origin (exact: d(p) = f d(p / f)). Slender
+    objects are enlarged until their widest proportions reach a radius of about 0.76, so that at 32
+    pixels they fill the frame about as much as the tiny-shapes objects do."""
+    def draw(p: Tensor, u: Tensor, main: Tensor) -> list[tuple[Tensor, Tensor]]:
+        return [(factor * d, c) for d, c in fn(p / factor, u, main)]
+
+    draw.__name__, draw.__doc__ = fn.__name__, fn.__doc__
+    return draw
+
+
 def unite(*ds: Tensor) -> Tensor:
     """Union of distances [N, P] (one part with several pieces)."""
     out = ds[0]

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from dream3d.procedural import primitives as sdf
-from dream3d.procedural.parts import (CARROT, SNOW, contrast_colour, lerp, light_patch, shade, unite, unless_close,
-                                      yaw)
+from dream3d.procedural.parts import (CARROT, SNOW, contrast_colour, lerp, light_patch, scaled, shade, unite,
+                                      unless_close, yaw)
 
 PINK_NOSE = (0.95, 0.5, 0.6)
 
@@ -201,8 +201,10 @@ def fish(p, u, main):
             (eyes, unless_close(SNOW, main, shade(main, 0.5)))]
 
 
-OBJECTS = {"duck": duck, "cat": cat, "dog": dog, "bear": bear, "panda": panda, "rabbit": rabbit,
-           "penguin": penguin, "fish": fish}
+OBJECTS = {"duck": scaled(duck, 1.2), "cat": scaled(cat, 1.15), "dog": scaled(dog, 1.1), "bear": scaled(bear, 1.1),
+           "panda": scaled(panda, 1.1), "rabbit": scaled(rabbit, 1.1), "penguin": scaled(penguin, 1.2),
+           "fish": scaled(fish, 1.05)}
+"""Name -> object, drawn larger than modelled (`parts.scaled`): the numbers above are before scaling."""
 FACING = {"duck": (2, 1), "cat": (3, 1), "dog": (4, 1), "bear": (3, 1), "panda": (4, 1), "rabbit": (4, 1),
           "penguin": (2, 1), "fish": (2, 1)}
 """Object -> (index of a part at the front (+1): beak, eyes, nose, muzzle, belly)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from dream3d.procedural import primitives as sdf
-from dream3d.procedural.parts import LAMP_GLOW, METAL, SNOW, TRUNK, fixed, lerp, shade, unite, unless_close, yaw
+from dream3d.procedural.parts import LAMP_GLOW, METAL, SNOW, TRUNK, fixed, lerp, scaled, shade, unite, unless_close, yaw
 
 
 def _legs(p, x, z, bottom, top, half):
@@ -83,6 +83,7 @@ def bed(p, u, main):
     return [(blanket, main), (sheet, white), (pillow, white), (unite(frame, footboard), wood), (headboard, wood)]
 
 
-OBJECTS = {"table": table, "lamp": lamp, "sofa": sofa, "bed": bed}
+OBJECTS = {"table": table, "lamp": scaled(lamp, 1.2), "sofa": sofa, "bed": bed}
+"""Name -> object; the lamp drawn larger than modelled (`parts.scaled`)."""
 FACING = {"sofa": (1, -1), "bed": (4, -1)}
 """Object -> (part index, -1: at the back): the sofa's back, the bed's headboard."""

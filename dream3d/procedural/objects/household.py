@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 
 from dream3d.procedural import primitives as sdf
-from dream3d.procedural.parts import METAL, SNOW, TRUNK, contrast_colour, fixed, lerp, shade, side, unless_close, unite, yaw
+from dream3d.procedural.parts import (METAL, SNOW, TRUNK, contrast_colour, fixed, lerp, scaled, shade, side, unite,
+                                      unless_close, yaw)
 
 COFFEE = (0.22, 0.12, 0.06)
 
@@ -30,7 +31,7 @@ def mug(p, u, main):
 
 def teapot(p, u, main):
     p = sdf.rotate_y(p, yaw(u[:, 0]))
-    r, ry = lerp(u[:, 1], 0.3, 0.34), lerp(u[:, 2], 0.23, 0.27)
+    r, ry = lerp(u[:, 1], 0.33, 0.37), lerp(u[:, 2], 0.25, 0.29)
     bottom = -0.55
     by = bottom + ry + 0.03
     body = sdf.ellipsoid(sdf.translate(p, y=by), r, ry, r)
@@ -38,9 +39,9 @@ def teapot(p, u, main):
     lid = sdf.ellipsoid(sdf.translate(p, y=by + ry - 0.01), 0.55 * r, 0.07, 0.55 * r)
     knob = sdf.sphere(sdf.translate(p, y=by + ry + 0.08), 0.045)
     tip_y = by + lerp(u[:, 3], 0.7, 0.95) * ry
-    spout = sdf.capsule(p, (0.0, by - 0.2 * ry, 0.7 * r), (0.0, tip_y, r + lerp(u[:, 4], 0.17, 0.22)), 0.05)
+    spout = sdf.capsule(p, (0.0, by - 0.2 * ry, 0.7 * r), (0.0, tip_y, r + lerp(u[:, 4], 0.18, 0.24)), 0.055)
     hq = sdf.along_x(sdf.translate(p, y=by + 0.05, z=-r - 0.02))
-    handle = torch.maximum(sdf.torus(hq, lerp(u[:, 5], 0.12, 0.15), 0.035), -sdf.ellipsoid(sdf.translate(p, y=by), r, ry, r))
+    handle = torch.maximum(sdf.torus(hq, lerp(u[:, 5], 0.13, 0.16), 0.04), -sdf.ellipsoid(sdf.translate(p, y=by), r, ry, r))
     return [(unite(body, foot), main), (lid, shade(main, 0.8)), (knob, shade(main, 0.8)), (spout, main), (handle, main)]
 
 
@@ -95,6 +96,8 @@ def umbrella(p, u, main):
     return [(canopy, main), (ribs, shade(main, 0.7)), (shaft, fixed(METAL, main)), (unite(hook, grip), fixed(TRUNK, main))]
 
 
-OBJECTS = {"mug": mug, "teapot": teapot, "bottle": bottle, "hat": hat, "umbrella": umbrella}
+OBJECTS = {"mug": scaled(mug, 1.2), "teapot": scaled(teapot, 1.2), "bottle": scaled(bottle, 1.2),
+           "hat": scaled(hat, 1.05), "umbrella": scaled(umbrella, 1.2)}
+"""Name -> object, drawn larger than modelled (`parts.scaled`)."""
 FACING: dict[str, tuple[int, int]] = {}
 """No household object has a front that reads from the front and back views."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 
 from dream3d.procedural import primitives as sdf
-from dream3d.procedural.parts import (DOUGH, LEAF, SNOW, TERRACOTTA, TRUNK, contrast_colour, fixed, lerp, shade, side,
-                                      unite, unless_close, yaw)
+from dream3d.procedural.parts import (DOUGH, LEAF, SNOW, TERRACOTTA, TRUNK, contrast_colour, fixed, lerp, scaled, shade,
+                                      side, unite, unless_close, yaw)
 
 GOLDEN = (0.98, 0.78, 0.1)
 
@@ -92,6 +92,8 @@ def apple(p, u, main):
     return [(body, main), (stem, fixed(TRUNK, main)), (leaf, unless_close(LEAF, main, shade(main, 0.5)))]
 
 
-OBJECTS = {"cactus": cactus, "flower": flower, "donut": donut, "apple": apple}
+OBJECTS = {"cactus": scaled(cactus, 1.2), "flower": scaled(flower, 1.2), "donut": scaled(donut, 1.15),
+           "apple": scaled(apple, 1.2)}
+"""Name -> object, drawn larger than modelled (`parts.scaled`)."""
 FACING = {"flower": (3, 1)}
 """Object -> (part index, +1 front): the flower's golden centre."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 
 from dream3d.procedural import primitives as sdf
-from dream3d.procedural.parts import LAMP_GLOW, METAL, SNOW, contrast_colour, fixed, lerp, shade, unite, unless_close, yaw
+from dream3d.procedural.parts import (LAMP_GLOW, METAL, SNOW, contrast_colour, fixed, lerp, scaled, shade, unite,
+                                      unless_close, yaw)
 
 
 def _merlons(p, ring_r, y, count, half=0.045):
@@ -79,6 +80,7 @@ def lighthouse(p, u, main):
             (gallery, shade(main, 0.5)), (lantern, fixed(LAMP_GLOW, main)), (dome, shade(main, 0.45))]
 
 
-OBJECTS = {"tower": tower, "castle": castle, "lighthouse": lighthouse}
+OBJECTS = {"tower": scaled(tower, 1.1), "castle": castle, "lighthouse": scaled(lighthouse, 1.15)}
+"""Name -> object; tower and lighthouse drawn larger than modelled (`parts.scaled`)."""
 FACING = {"tower": (2, 1), "castle": (4, 1)}
 """Object -> (part index, +1 front): the tower's door, the castle's gate."""

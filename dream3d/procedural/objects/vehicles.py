@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from dream3d.procedural import primitives as sdf
-from dream3d.procedural.parts import (GLASS, LAMP_GLOW, METAL, SNOW, TRUNK, TYRE, fixed, lerp, shade,
+from dream3d.procedural.parts import (GLASS, LAMP_GLOW, METAL, SNOW, TRUNK, TYRE, fixed, lerp, scaled, shade,
                                       unite, unless_close, yaw)
 
 TAIL_LIGHT = (0.9, 0.08, 0.08)
@@ -150,6 +150,8 @@ def rocket(p, u, main):
     return [(body, main), (nose, accent), (fins, accent), (nozzle, fixed(METAL, main)), (windows, fixed(GLASS, main))]
 
 
-OBJECTS = {"car": car, "truck": truck, "airplane": airplane, "boat": boat, "rocket": rocket}
+OBJECTS = {"car": scaled(car, 1.05), "truck": truck, "airplane": scaled(airplane, 1.15), "boat": boat,
+           "rocket": scaled(rocket, 1.15)}
+"""Name -> object; some drawn larger than modelled (`parts.scaled`)."""
 FACING = {"car": (3, 1), "truck": (4, 1), "airplane": (4, 1), "boat": (5, -1)}
 """Object -> (part index, +1 front / -1 back): headlights, cockpit; the boat's stern plate."""
