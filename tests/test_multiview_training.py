@@ -146,3 +146,22 @@ def test_prior_train_cli_passes_grouped_mode(monkeypatch, tmp_path):
     assert sorted(written) == [("groups", 0, 512), ("groups", 1, 512), ("single", 0, 2048), ("single", 1, 2048)]
     res = CliRunner().invoke(cli.app, ["prior", "train", "--out", str(tmp_path / "o"), "--views", "3"])
     assert res.exit_code != 0 and "--views" in str(res.exception)
+
+
+def test_dataset_cli_renders_grouped_shards_and_keeps_existing_ones(tmp_path, monkeypatch):
+    import sys
+
+    from dream3d.procedural import dataset
+    from dream3d.procedural.groups import GroupShardPool, group_shard_path
+
+    argv = ["dataset", "--shards", "2", "--size", "8", "--views", "4", "--resolution", "8", "--root", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    dataset.main()
+    paths = [group_shard_path(i, 8, 4, dataset.world_root(tmp_path, dataset.TINY_SHAPES)) for i in range(2)]
+    stamps = [p.stat().st_mtime_ns for p in paths]
+    dataset.main()  # a second run (an interrupted one continued) renders nothing again
+    assert [p.stat().st_mtime_ns for p in paths] == stamps
+    pool = GroupShardPool(8, tmp_path, views=4)
+    assert len(pool) == 16  # 2 shards x 2 groups x 4 views
+    batch = pool.sample(2, torch.Generator().manual_seed(0))
+    assert batch.images.shape == (8, 8, 8, 3)

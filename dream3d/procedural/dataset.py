@@ -204,16 +204,25 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=None, help=f"cache root (default {DEFAULT_CACHE})")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--world", default=TINY_SHAPES.name, help="the world to render (dream3d.priors.worlds)")
+    ap.add_argument("--views", type=int, default=1,
+                    help="1: single views; N > 1: grouped shards of N views of one scene (--size images, size/N groups)")
     args = ap.parse_args()
     from dream3d.priors.worlds import get_world
+    from dream3d.procedural.groups import group_shard_path, write_group_shard
 
     world = get_world(args.world)
     torch.set_num_threads(args.threads)
-    for i in range(args.shards):
-        if shard_path(i, args.resolution, world_root(args.root, world)).exists():
-            continue
-        t0 = time.time()
-        path = write_shard(i, args.size, args.resolution, args.root, world=world)
+    for i in range(args.shards):  # existing shards are kept, so an interrupted run continues
+        if args.views > 1:
+            if group_shard_path(i, args.resolution, args.views, world_root(args.root, world)).exists():
+                continue
+            t0 = time.time()
+            path = write_group_shard(i, args.size // args.views, args.resolution, args.views, args.root, world=world)
+        else:
+            if shard_path(i, args.resolution, world_root(args.root, world)).exists():
+                continue
+            t0 = time.time()
+            path = write_shard(i, args.size, args.resolution, args.root, world=world)
         print(f"{path} {args.size} images in {time.time() - t0:.1f}s", flush=True)
 
 
