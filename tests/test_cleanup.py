@@ -215,6 +215,19 @@ def test_a_cavity_inside_the_shape_is_dropped_but_a_part_beside_it_is_kept():
     assert np.linalg.norm(out.vertices.numpy(), axis=1).min() > 0.55  # nothing of the cavity is left
 
 
+def test_a_fin_on_a_non_manifold_edge_is_dropped_and_the_rest_stays_manifold():
+    ball = sphere(3, 0.5)
+    a, b = ball.faces[0][:2]
+    tip = ball.vertices[[a, b]].mean(0) * 1.3  # a triangle standing on one of the sphere's edges
+    v = np.concatenate([ball.vertices, tip[None]])
+    f = np.concatenate([ball.faces, [[a, b, len(ball.vertices)]]])
+    assert C.face_components(f)[0] == 2  # joined only along an edge of three faces
+    out, record, _ = run(as_mesh(v, f), smooth_iterations=0)
+    assert record["parts"] == 1 and len(out.faces) == len(ball.faces)
+    back = trimesh.Trimesh(out.vertices.numpy(), out.faces.numpy(), process=True)
+    assert back.is_watertight and len(back.split(only_watertight=False)) == 1
+
+
 def test_pieces_touching_at_one_vertex_are_separate_pieces():
     s = sphere(2)
     # a small triangle sharing only vertex 0 with the sphere: joined at a vertex, not by an edge

@@ -73,11 +73,16 @@ def _edge_keys(f: np.ndarray) -> np.ndarray:
 
 
 def face_components(f: np.ndarray) -> tuple[int, np.ndarray]:
-    """(count, [F] labels) of pieces whose faces share edges (touching at a vertex is not joined)."""
-    _, edge_id = np.unique(_edge_keys(f), return_inverse=True)
+    """(count, [F] labels) of pieces whose faces share manifold edges (edges of exactly two
+    faces): touching at a vertex, or only along an edge of three or more faces (a fin that
+    decimation or a noisy isosurface leaves), is not joined, so such pieces can be dropped
+    and the rest stays manifold."""
+    _, edge_id, count = np.unique(_edge_keys(f), return_inverse=True, return_counts=True)
+    edge_id = edge_id.ravel()
     n_f, n_e = len(f), int(edge_id.max()) + 1
     face_id = np.repeat(np.arange(n_f), 3)
-    graph = coo_matrix((np.ones(len(face_id)), (face_id, n_f + edge_id.ravel())), shape=(n_f + n_e,) * 2)
+    joins = count[edge_id] == 2
+    graph = coo_matrix((np.ones(int(joins.sum())), (face_id[joins], n_f + edge_id[joins])), shape=(n_f + n_e,) * 2)
     _, label = connected_components(graph, directed=False)
     _, label = np.unique(label[:n_f], return_inverse=True)
     return int(label.max()) + 1, label.ravel()
