@@ -416,6 +416,11 @@ def doctor() -> None:
     report(Console())
 
 
+from dream3d.texture_command import texture  # noqa: E402  (its own module: the mesh input's command)
+
+app.command()(texture)
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 

@@ -201,6 +201,9 @@ def load_asset(run_dir: Path, device: torch.device | None = None):
         except UserError:
             return cfg, rep
         device = next(iter(rep.parameters()), torch.zeros(())).device
+        if rep.has("source_mesh"):  # a user's mesh is written in its own coordinates: back to the render frame
+            with torch.no_grad():
+                mesh.vertices = rep.source_mesh()[1](mesh.vertices.to(device)).cpu()
         return cfg, MeshAsset(mesh, *_lighting(rep), device=device)
     return cfg, rep
 

@@ -41,6 +41,11 @@ _ENTRIES: dict[str, dict[str, Entry]] = {
             "dmtet", "dream3d.representations.dmtet:DMTet", "dream3d.representations.dmtet:DMTetConfig",
             "Deformable tetrahedral grid (DMTet): marching tets, differentiable rasterisation, hash-grid texture.",
         ),
+        "fixed_mesh": Entry(
+            "fixed_mesh", "dream3d.representations.fixed_mesh:FixedMesh",
+            "dream3d.representations.fixed_mesh:FixedMeshConfig",
+            "A user's mesh kept exactly as given, with a hash-grid albedo field to train (dream3d texture).",
+        ),
     },
     "guidance": {
         "sds": Entry(

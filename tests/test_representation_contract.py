@@ -16,8 +16,10 @@ SMALL = {  # options that keep each representation quick to build and render
     "hashgrid_nerf": {"samples_per_ray": 8, "log2_table_size": 12},
     "gaussians": {"n_init": 200},
     "dmtet": {"grid_resolution": 12, "log2_table_size": 12},
+    "fixed_mesh": {"log2_table_size": 12},
 }
-EXPECTED = {"hashgrid_nerf": {"albedo"}, "gaussians": {"save_splats"}, "dmtet": {"albedo"}}
+EXPECTED = {"hashgrid_nerf": {"albedo"}, "gaussians": {"save_splats"}, "dmtet": {"albedo"},
+            "fixed_mesh": {"albedo", "source_mesh"}}
 
 
 def build(name: str) -> Representation:

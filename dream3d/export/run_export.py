@@ -11,7 +11,8 @@ mesh.glb beside an old mesh.obj. A full disk raises `DiskFull` (one line: the fo
 about how much space the export needed).
 
 Before any file is written the mesh is cleaned up (`dream3d.export.cleanup`: floaters
-dropped, small holes closed, Taubin smoothing, quadric decimation, outward winding).
+dropped, small holes closed, Taubin smoothing, quadric decimation, outward winding), except
+a mesh the user gave (`Representation.source_mesh`), written exactly as given.
 
 With `texture_size > 0` the mesh is UV-unwrapped and its albedo baked into a texture
 (GLB, OBJ + MTL + PNG); the PLY keeps vertex colours. If unwrapping or baking fails,
@@ -146,8 +147,38 @@ def _warn_colour_gap(mesh_lum: float | None, render_lum: float | None, what: str
         )
 
 
+def _export_source_mesh(rep, out_dir, formats, texture_size):
+    """A mesh the user gave (`rep.source_mesh`): its vertices written as given, no clean-up,
+    smoothing or decimation; the albedo baked into its own UVs (xatlas ones when it has none).
+    Returns the files and the written mesh mapped into the representation's frame (for the video)."""
+    mesh, to_world = rep.source_mesh()
+    device = _device(rep)
+    albedo = lambda p: rep.albedo(to_world(p))  # noqa: E731  (the field reads the normalised frame)
+    with torch.no_grad():
+        colours = torch.cat([albedo(v.to(device)).clamp(0.0, 1.0).cpu() for v in mesh.vertices.split(1 << 16)])
+    plain = Mesh(mesh.vertices, mesh.faces, colours)
+    textured = None
+    if texture_size > 0 and set(formats) & {"glb", "obj"}:
+        try:
+            base = mesh if mesh.uv is not None else unwrap(mesh, resolution=texture_size)
+            texture = bake_texture(base, albedo, size=texture_size, padding=TEXTURE_PADDING, inset=0.0, device=device)
+            textured = Mesh(base.vertices, base.faces, None, base.uv, torch.from_numpy(texture))
+        except Exception as e:  # a failed bake must not cost the user the mesh itself
+            warnings.warn(f"texture baking failed ({type(e).__name__}: {e}); wrote the untextured, "
+                          "vertex-coloured mesh instead", RuntimeWarning, stacklevel=3)
+    files: dict[Path, bytes] = {}
+    for fmt in formats:
+        files.update(mesh_files(textured if textured is not None and fmt != "ply" else plain, out_dir / f"mesh.{fmt}", fmt))
+    shown = textured if textured is not None else plain
+    with torch.no_grad():
+        world = to_world(shown.vertices.to(device)).cpu()
+    return files, replace(shown, vertices=world)
+
+
 def _export_mesh(rep, out_dir, formats, mesh_resolution, decimate_faces, camera_cfg, video_resolution, background,
                  texture_size=0, cleanup: CleanupSettings = CleanupSettings(), record: dict | None = None):
+    if rep.has("source_mesh"):  # the geometry must stay exactly as the user gave it
+        return _export_source_mesh(rep, out_dir, formats, texture_size)
     mesh = rep.extract_mesh(mesh_resolution)
     try:
         mesh = clean(mesh, min_component_fraction=0.0)  # which pieces stay is the clean-up's choice

@@ -10,12 +10,12 @@ misspelt override is caught by the registry test rather than silently skipped.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 from torch import Tensor, nn
 
 from dream3d.types import Cameras, Mesh, RenderOutput
 
-CAPABILITIES = ("albedo", "save_splats")
+CAPABILITIES = ("albedo", "save_splats", "source_mesh")
 
 
 class Representation(nn.Module):
@@ -55,6 +55,13 @@ class Representation(nn.Module):
     def save_splats(self, path: Path) -> Path:
         """Optional: write the representation as a standard 3DGS PLY for splat viewers; returns the path."""
         raise NotImplementedError(f"{type(self).__name__} has no splats to save")
+
+    def source_mesh(self) -> tuple[Mesh, Callable[[Tensor], Tensor]]:
+        """Optional: a surface given by the user, to be exported exactly as given: (the mesh in its
+        own coordinates, with its UVs if any; a map of its points [N, 3] into this representation's
+        frame). With it the export skips clean-up, smoothing and decimation, writes these vertices
+        and bakes the albedo into the mesh's UVs (xatlas ones when it has none)."""
+        raise NotImplementedError(f"{type(self).__name__} has no mesh given by the user")
 
     @classmethod
     def has(cls, capability: str) -> bool:
