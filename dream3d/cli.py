@@ -52,6 +52,8 @@ def generate(
     resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run from its folder, with the settings "
                                           "saved in it: no other option applies to a resumed run, and one given "
                                           "with --resume (a prompt, --seed, --set, --out, ...) is refused."),
+    shape: Optional[Path] = typer.Option(None, "--shape", help="A coarse guide mesh that steers the geometry, "
+                                         "used as given in the scene cube [-1, 1]^3 (+Y up, front +Z)."),
     set_: List[str] = typer.Option([], "--set", help="Override any config field: key=value (repeatable)."),
 ) -> None:
     """Turn a prompt into a 3D asset: train, then export a mesh and a turntable video."""
@@ -73,6 +75,7 @@ def generate(
         flags = presets.run_flags(prompt, model=model, seed=seed, device=device, negative_prompt=negative,
                                   representation=representation, guidance=guidance, steps=steps,
                                   resolution=resolution, allow_unknown_words=allow_unknown_words)
+        flags["shape.mesh"] = str(shape) if shape is not None else None
         cfg = presets.resolve(preset, flags, set_)
     progress = step_progress()
     task = {}

@@ -17,6 +17,7 @@ import yaml
 
 from dream3d.cameras.orbit import CameraConfig
 from dream3d.errors import UserError
+from dream3d.guidance.shape_guide import ShapeConfig
 from dream3d import registry
 from dream3d.runfolder import check_stage_name
 from dream3d.text import has_letters, normalize_text, short_repr
@@ -148,6 +149,8 @@ class RunConfig:
     """The default optimisation loop of every stage."""
     export: ExportConfig = field(default_factory=ExportConfig)
     """What is written at the end of the run."""
+    shape: ShapeConfig = field(default_factory=ShapeConfig)
+    """An optional guide mesh that steers the geometry softly (`--shape`)."""
 
 
 # ---------------------------------------------------------------- coercion

@@ -54,15 +54,17 @@ def stage_seed(cfg: RunConfig, index: int) -> int:
     return cfg.seed * 1000 + index
 
 
-def build_stage(cfg: RunConfig, index: int, prior, prompt, run_dir: Path, device: torch.device):
-    """The trainer of stage `index`, with a freshly initialised representation and guidance."""
+def build_stage(cfg: RunConfig, index: int, prior, prompt, run_dir: Path, device: torch.device, shape_guide=None):
+    """The trainer of stage `index`, with a freshly initialised representation and guidance
+    (and the run's shape guide, when it has one, as a regulariser)."""
     from dream3d.training.trainer import Trainer
 
     stage = cfg.stages[index]
     torch.manual_seed(stage_seed(cfg, index))
     rep = build_representation(stage.representation, device)
     guidance = registry.build("guidance", stage.guidance.name, prior, stage.guidance.options)
-    return Trainer(cfg, stage, index, run_dir, rep, guidance, prompt, device)
+    return Trainer(cfg, stage, index, run_dir, rep, guidance, prompt, device,
+                   regularizers=[shape_guide] if shape_guide is not None else [])
 
 
 def load_stage(cfg: RunConfig, index: int, run_dir: Path, device: torch.device):
@@ -99,6 +101,7 @@ def generate(
 
 def _generate(cfg, out_root, resume, on_start, on_step, run_dir, held: contextlib.ExitStack) -> Path:
     from dream3d.representations.convert import check_chain, convert
+    from dream3d.guidance.shape_guide import guide_for
 
     if resume is not None:
         run_dir = check_run_dir(resume)
@@ -110,6 +113,7 @@ def _generate(cfg, out_root, resume, on_start, on_step, run_dir, held: contextli
     assert cfg is not None
     check_chain(cfg)
     check_export_memory(cfg.export)  # the export's grid, texture and video must fit: known before training
+    shape_guide = guide_for(cfg, run_dir if resume is not None else None)  # a bad guide: refused before anything
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     prior, prompt = load_prior_for(cfg, device)
@@ -121,6 +125,8 @@ def _generate(cfg, out_root, resume, on_start, on_step, run_dir, held: contextli
         else:
             run_dir = fixed_run_dir(Path(run_dir))
         held.enter_context(run_lock(run_dir))
+        if shape_guide is not None:  # the run folder keeps its own copy, so resume needs nothing else
+            cfg.shape.mesh = shape_guide.save(run_dir)
         config_mod.save(cfg, run_dir / "config.yaml")
     tidy_run_folder(run_dir)  # temporary files and half-done renames a killed process left
     info = RunInfo(run_dir)
@@ -132,7 +138,7 @@ def _generate(cfg, out_root, resume, on_start, on_step, run_dir, held: contextli
         if stage_finished(run_dir, stage):
             previous = load_stage(cfg, index, run_dir, device)
             continue
-        trainer = build_stage(cfg, index, prior, prompt, run_dir, device)
+        trainer = build_stage(cfg, index, prior, prompt, run_dir, device, shape_guide)
         t0 = time.perf_counter()
         try:
             if has_checkpoint(trainer.ckpt_dir):

@@ -18,7 +18,8 @@ SMALL = {  # options that keep each representation quick to build and render
     "dmtet": {"grid_resolution": 12, "log2_table_size": 12},
     "fixed_mesh": {"log2_table_size": 12},
 }
-EXPECTED = {"hashgrid_nerf": {"albedo"}, "gaussians": {"save_splats"}, "dmtet": {"albedo"},
+EXPECTED = {"hashgrid_nerf": {"albedo", "occupancy_at"}, "gaussians": {"save_splats", "occupancy_at"},
+            "dmtet": {"albedo", "occupancy_at"},
             "fixed_mesh": {"albedo", "source_mesh"}}
 
 

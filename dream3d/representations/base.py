@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from dream3d.types import Cameras, Mesh, RenderOutput
 
-CAPABILITIES = ("albedo", "save_splats", "source_mesh")
+CAPABILITIES = ("albedo", "save_splats", "source_mesh", "occupancy_at")
 
 
 class Representation(nn.Module):
@@ -62,6 +62,11 @@ class Representation(nn.Module):
         frame). With it the export skips clean-up, smoothing and decimation, writes these vertices
         and bakes the albedo into the mesh's UVs (xatlas ones when it has none)."""
         raise NotImplementedError(f"{type(self).__name__} has no mesh given by the user")
+
+    def occupancy_at(self, points: Tensor) -> Tensor:
+        """Optional: a differentiable occupancy in [0, 1], [N] at world points [N, 3] (one half on the
+        exported surface). With it a run can take a shape guide (`--shape`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no occupancy field (occupancy_at)")
 
     @classmethod
     def has(cls, capability: str) -> bool:

@@ -233,6 +233,15 @@ class DMTet(Representation):
         """Albedo [N, 3] in [0, 1] at world points [N, 3]."""
         return self.albedo_field(points)
 
+    def occupancy_at(self, points: Tensor) -> Tensor:
+        """Occupancy [N] at world points [N, 3]: sigmoid(-sdf / cell), the SDF read trilinearly from
+        the grid's vertices (the deformation offsets are ignored: at most a fraction of a cell)."""
+        n = self.cfg.grid_resolution + 1
+        # vertices are ordered x, y, z (meshgrid "ij"); grid_sample wants (x, y, z) to index (W, H, D)
+        grid = (points / self.cfg.radius).flip(-1).view(1, -1, 1, 1, 3).to(self.sdf.dtype)
+        sdf = F.grid_sample(self.sdf.view(1, 1, n, n, n), grid, align_corners=True, padding_mode="border")
+        return torch.sigmoid(-sdf.view(-1) / self.grid.cell_size)
+
     # ------------------------------------------------------------ rendering
     def render(self, cams: Cameras, background: Tensor, shading: str = "diffuse", light_dir: Tensor | None = None) -> RenderOutput:
         """background [B, 3] solid colours or [B, H, W, 3] images; light_dir [B, 3]

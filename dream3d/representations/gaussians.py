@@ -280,6 +280,20 @@ class Gaussians(Representation):
         """Write the standard 3DGS PLY that splat viewers open."""
         return gaussian_ply.write_ply(path, self.to_splat_arrays())
 
+    def occupancy_at(self, points: Tensor, chunk: int = 256) -> Tensor:
+        """Occupancy [N] at world points [N, 3] from the summed opacity-weighted Gaussian density
+        (as `density_grid`, every Gaussian at every point): one half at mesh_threshold."""
+        from dream3d.guidance.shape_guide import occupancy_from_density
+
+        _, precis = _quat_scale_to_covar_preci(self.quats, self.log_scales.exp(), compute_covar=False)
+        opac = torch.sigmoid(self.opacity_logits)
+        density = []
+        for p in points.split(chunk):  # [n, G, 3] offsets: chunked to bound memory
+            d = p[:, None, :] - self.means[None]
+            q = (torch.einsum("ngi,gij->ngj", d, precis) * d).sum(-1)
+            density.append((opac * torch.exp(-0.5 * q)).sum(-1))
+        return occupancy_from_density(torch.cat(density), self.cfg.mesh_threshold)
+
     # ------------------------------------------------------------ export
     @torch.no_grad()
     def density_grid(self, resolution: int, chunk: int = 1 << 21) -> tuple[Tensor, Tensor]:

@@ -155,6 +155,13 @@ class HashGridNeRF(Representation):
         """Albedo [N, 3] in [0, 1] at world points [N, 3]."""
         return self.albedo_field(points)
 
+    def occupancy_at(self, points: Tensor) -> Tensor:
+        """Occupancy [N] at world points [N, 3]: 1 - exp(-sigma delta), delta chosen so that the
+        exported isosurface's density (mesh_threshold) reads one half."""
+        from dream3d.guidance.shape_guide import occupancy_from_density
+
+        return occupancy_from_density(self.query_density(points), self.cfg.mesh_threshold)
+
     # ------------------------------------------------------------ sampling
     def _occupied_box(self) -> tuple[Tensor, Tensor]:
         """The box of occupied cells, one cell larger on every side (the whole cube if none)."""

@@ -48,8 +48,10 @@ class Trainer:
     """Runs one stage of a run: its own optimiser, RNG stream, checkpoints and previews."""
 
     def __init__(self, cfg: RunConfig, stage: StageConfig, stage_index: int, run_dir: Path, rep: Representation,
-                 guidance, prompt, device: torch.device):
+                 guidance, prompt, device: torch.device, regularizers: list | tuple = ()):
         self.cfg, self.stage, self.run_dir, self.rep, self.guidance, self.prompt = cfg, stage, run_dir, rep, guidance, prompt
+        # inputs other than text (a shape guide): `reg(rep, generator) -> loss or None`, with `name` and `weight`
+        self.regularizers = list(regularizers)
         self.train = stage.train
         self.device = device
         # One RNG stream per stage, so a resumed later stage sees the numbers an uninterrupted run saw.
@@ -118,6 +120,12 @@ class Trainer:
             weight = self.loss_weights[name]
             if weight > 0:
                 loss = loss + weight * term
+        logs = dict(g.logs)
+        for reg in self.regularizers:
+            term = reg(self.rep, self.gen) if reg.weight > 0 else None
+            if term is not None:
+                loss = loss + reg.weight * term
+                logs[f"{reg.name}_loss"] = float(term.detach())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for grp in self.optimizer.param_groups for p in grp["params"] if p.grad is not None]
@@ -131,7 +139,6 @@ class Trainer:
         else:
             self.optimizer.zero_grad(set_to_none=True)
             self.nan_streak += 1
-        logs = dict(g.logs)
         return StepLog(step, float(loss.detach()) if finite else math.nan, float(logs.pop("grad_norm", math.nan)),
                        time.perf_counter() - t0, not finite, logs)
 
