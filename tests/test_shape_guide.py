@@ -65,6 +65,20 @@ def test_gradient_reaches_the_density(tmp_path, make, params):
         assert grads and sum(float(g.abs().sum()) for g in grads) > 0, name
 
 
+def test_gaussian_occupancy_matches_the_dense_sum():
+    from dream3d.guidance.shape_guide import occupancy_from_density
+    from dream3d.render.gaussian_math import quat_scale_to_covar_preci
+
+    torch.manual_seed(0)
+    rep = Gaussians(GaussianConfig(n_init=500))
+    points = torch.rand(200, 3) * 2 - 1
+    _, precis = quat_scale_to_covar_preci(rep.quats, rep.log_scales.exp(), compute_covar=False)
+    d = points[:, None] - rep.means[None]
+    dense = (torch.sigmoid(rep.opacity_logits) * torch.exp(-0.5 * torch.einsum("ngi,gij,ngj->ng", d, precis, d))).sum(-1)
+    expected = occupancy_from_density(dense, rep.cfg.mesh_threshold)
+    assert torch.allclose(rep.occupancy_at(points), expected, atol=0.03)  # Gaussians cut at 3 sigma, as at export
+
+
 def test_frozen_geometry_takes_no_loss(tmp_path):
     guide = ShapeGuide(ShapeConfig(points=64), sphere(tmp_path / "s.obj"))
     assert guide(DMTet(DMTetConfig(grid_resolution=8, freeze_geometry=True)), torch.Generator().manual_seed(0)) is None
