@@ -444,7 +444,7 @@ def test_default_turntable_is_512_per_panel_rgb_and_normal():
     # (volume rendering 512^2 frames on CPU takes minutes: see their yaml).
     for name in presets.preset_names():
         c = presets.resolve(name, {"prompt": "a red cube"}, [])
-        if c.stages[-1].representation.name == "dmtet":
+        if c.stages[-1].representation.name in ("dmtet", "fixed_mesh"):
             assert c.export.video_resolution >= 512, name
         elif not name.endswith("-full"):
             assert c.export.video_resolution == 128, name

@@ -217,3 +217,11 @@ def test_huge_mesh_is_decimated_and_says_the_geometry_changed(tmp_path):
     mesh, record, notes = texturing.prepare_mesh(path, max_faces=300)
     assert len(mesh.faces) <= 330 and record["decimated_from"] == 1280 and not record["exact"]
     assert len(notes) == 1 and "no longer exactly the input" in notes[0]
+
+
+def test_generate_with_the_texture_preset_but_no_mesh_says_what_to_run(tmp_path, tiny_embedded_dir):
+    res = CliRunner().invoke(app, ["generate", "a red cube", "--preset", "texture", "--model", str(tiny_embedded_dir),
+                                   "--out", str(tmp_path / "o"), "--steps", "2", "--resolution", "32", "--device", "cpu",
+                                   "--set", "export.video=false", "--set", "train.preview_every=0"])
+    assert res.exit_code != 0 and isinstance(res.exception, UserError)
+    assert "dream3d texture MESH PROMPT" in str(res.exception)

@@ -178,6 +178,12 @@ class FixedMesh(Representation):
                             normal=raster.to_image(normal, rast, zeros.expand(B, 3)))
 
     # ------------------------------------------------------------ training hooks
+    def on_step(self, step: int, progress: float, out: RenderOutput, optimizer=None) -> None:
+        # Renders of no mesh are background only (the contract's empty build); training them is a mistake.
+        if self.faces.shape[0] == 0:
+            raise UserError("the fixed_mesh representation holds no mesh to texture: "
+                            "use dream3d texture MESH PROMPT (or set representation.mesh)")
+
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"encoding": [self.albedo_field.encoding.table], "mlp": list(self.albedo_field.mlp.parameters())}
 
