@@ -126,6 +126,11 @@ def write_shard(index: int, size: int, resolution: int, root: Path | None = None
     gen = torch.Generator().manual_seed(1_000_003 * (index + 1))
     parts = [make_labeled_batch(min(chunk, size - s), resolution, generator=gen, world=world)
              for s in range(0, size, chunk)]
+    return save_shard(path, parts)
+
+
+def save_shard(path: Path, parts: list[LabeledBatch]) -> Path:
+    """Write the batches' images (8-bit), labels and cameras to `path` atomically; returns it."""
     cams = [p.cameras for p in parts]
     arrays = {
         "images": (torch.cat([p.images for p in parts]) * 255.0).round().to(torch.uint8).numpy(),
@@ -205,7 +210,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--world", default=TINY_SHAPES.name, help="the world to render (dream3d.priors.worlds)")
     ap.add_argument("--views", type=int, default=1,
-                    help="1: single views; N > 1: grouped shards of N views of one scene (--size images, size/N groups)")
+                    help="1: single views; N > 1: grouped shards, N views of one scene (size / N groups)")
     args = ap.parse_args()
     from dream3d.priors.worlds import get_world
     from dream3d.procedural.groups import group_shard_path, write_group_shard

@@ -17,10 +17,8 @@ from a world (`dream3d.priors.worlds`, default tiny-shapes), as in `dataset`.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -28,7 +26,7 @@ from dream3d.cameras import CameraConfig, orbit_cameras, sample_orbit, view_name
 from dream3d.guidance.view_groups import ViewGroup, expand_cameras
 from dream3d.priors.vocab import caption
 from dream3d.priors.worlds import TINY_SHAPES, World
-from dream3d.procedural.dataset import LabeledBatch, ShardPool, _generator, shard_dir, world_root
+from dream3d.procedural.dataset import LabeledBatch, ShardPool, _generator, save_shard, shard_dir, world_root
 from dream3d.procedural.render import TraceConfig, random_lighting, render_scenes
 from dream3d.procedural.shapes import N_SHAPE_PARAMS, jitter_colour
 from dream3d.types import Cameras
@@ -89,20 +87,7 @@ def write_group_shard(index: int, groups: int, resolution: int, views: int = 4, 
     gen = torch.Generator().manual_seed(2_000_003 * (index + 1))  # apart from the single-view shards' seeds
     parts = [make_group_batch(min(chunk, groups - s), resolution, views, generator=gen, world=world)
              for s in range(0, groups, chunk)]
-    cams = [p.cameras for p in parts]
-    arrays = {
-        "images": (torch.cat([p.images for p in parts]) * 255.0).round().to(torch.uint8).numpy(),
-        "objects": torch.cat([p.objects for p in parts]).numpy().astype(np.int16),
-        "colours": torch.cat([p.colours for p in parts]).numpy().astype(np.int16),
-        "elevation": torch.cat([c.elevation for c in cams]).numpy(),
-        "azimuth": torch.cat([c.azimuth for c in cams]).numpy(),
-        "distance": torch.cat([c.distance for c in cams]).numpy(),
-        "fov_deg": torch.rad2deg(torch.cat([c.fov_y for c in cams])).numpy(),
-    }
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-    return path
+    return save_shard(path, parts)
 
 
 class GroupShardPool(ShardPool):
