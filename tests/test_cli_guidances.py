@@ -14,7 +14,11 @@ SMALL = {"hashgrid_nerf": ["--set", "representation.samples_per_ray=16"],
          "dmtet": ["--set", "representation.grid_resolution=24"]}
 
 
-@pytest.mark.parametrize("representation", registry.names("representation"))
+# fixed_mesh needs the user's mesh, which only `dream3d texture` gives it (tests/test_texture_command.py)
+GENERATED = [name for name in registry.names("representation") if name != "fixed_mesh"]
+
+
+@pytest.mark.parametrize("representation", GENERATED)
 @pytest.mark.parametrize("guidance", registry.names("guidance"))
 def test_guidance_runs_through_the_cli(request, tmp_path, guidance, representation):
     # multi-view SDS needs a prior with joint views; every other rule runs on the plain one
