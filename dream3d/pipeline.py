@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -239,6 +240,7 @@ def export_run(run_dir: Path, rep=None, cfg: RunConfig | None = None, names: dic
         for k, v in overrides.items():
             if v is not None:
                 setattr(ex, k, v)
+        _warn_geometry_settings_unused(rep, overrides, names)
         check_export(ex, names)
         check_memory(ex, names)
         tidy_run_folder(run_dir)
@@ -267,6 +269,18 @@ def export_run(run_dir: Path, rep=None, cfg: RunConfig | None = None, names: dic
             fixed["export_cleanup"] = cleanup_record
         info.update(timings=timings, exports=sorted(p.name for p in files.values()), export_error=None, **fixed)
         return files
+
+
+GEOMETRY_SETTINGS = ("mesh_resolution", "decimate_faces", "smooth_iterations", "min_component_fraction",
+                     "max_hole_edges")
+
+
+def _warn_geometry_settings_unused(rep, overrides: dict, names: dict[str, str] | None) -> None:
+    """A mesh the user gave is written exactly as given: say so when a geometry setting was asked for."""
+    given = [k for k in GEOMETRY_SETTINGS if overrides.get(k) is not None]
+    if given and rep.has("source_mesh"):
+        said = ", ".join((names or {}).get(k, k) for k in given)
+        warnings.warn(f"{said}: not used, the mesh you gave is written exactly as given", RuntimeWarning, stacklevel=3)
 
 
 def splat_stage_rep(run_dir: Path, cfg: RunConfig, rep):

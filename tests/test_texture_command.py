@@ -142,6 +142,12 @@ def test_texture_end_to_end_then_export_from_a_moved_folder(tmp_path, tiny_embed
     res = CliRunner().invoke(app, ["export", str(moved), "--no-video", "--format", "glb"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     exact_same_positions(positions(moved / "mesh.glb"), positions(src))
+    # geometry settings cannot apply to a mesh written as given: the export says so and still writes it
+    with pytest.warns(RuntimeWarning, match="--decimate, --smooth: not used, the mesh you gave is written exactly"):
+        res = CliRunner().invoke(app, ["export", str(moved), "--no-video", "--format", "glb", "--decimate", "100",
+                                       "--smooth", "5"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    exact_same_positions(positions(moved / "mesh.glb"), positions(src))
 
 
 def test_resume_finishes_an_interrupted_run(tmp_path, tiny_embedded_dir, monkeypatch):
