@@ -105,6 +105,11 @@ def generate(
         console.print("[yellow]interrupted[/]: a checkpoint was written; continue with "
                       "`dream3d generate --resume RUN_FOLDER`")
         raise typer.Exit(130)
+    print_finished(run_dir)
+
+
+def print_finished(run_dir: Path) -> None:
+    """The run folder and the asset files in it, after a finished run."""
     console.print(f"[green]done[/]: {run_dir}")
     for f in sorted(run_dir.iterdir()):
         if f.is_file() and f.suffix in (".glb", ".obj", ".ply", ".mp4", ".gif"):

@@ -30,7 +30,7 @@ def texture(
     """Texture a mesh of your own: its geometry is kept exactly, only its colours are trained.
     Writes the run folder, textured mesh (GLB, OBJ + MTL + PNG, PLY) and turntable as `generate`."""
     from dream3d import pipeline, presets, texturing
-    from dream3d.cli import _given_options, console, step_progress
+    from dream3d.cli import _given_options, console, print_finished, step_progress
 
     cfg = None
     if resume is not None:
@@ -73,7 +73,4 @@ def texture(
         console.print("[yellow]interrupted[/]: a checkpoint was written; continue with "
                       "`dream3d texture --resume RUN_FOLDER`")
         raise typer.Exit(130)
-    console.print(f"[green]done[/]: {run_dir}")
-    for f in sorted(run_dir.iterdir()):
-        if f.is_file() and f.suffix in (".glb", ".obj", ".ply", ".mp4", ".gif"):
-            console.print(f"  {f.name}")
+    print_finished(run_dir)
