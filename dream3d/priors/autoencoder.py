@@ -1,0 +1,204 @@
+"""The small image autoencoder of the latent embedded prior (a diffusers `AutoencoderKL`).
+
+It maps 64x64 renders to 4 x 16 x 16 latents (f = 4) and back, trained on the same
+procedural renders as the prior: L1 reconstruction plus a light KL term, as the
+Stable Diffusion VAE is (without its perceptual and adversarial terms, which need
+weights we do not ship). Its `scaling_factor` is set after training to 1 / std of the
+latents, Stable Diffusion's recipe, so the diffusion model sees unit-variance latents.
+
+`train_autoencoder(cfg, out_dir, resume)` is seeded and resumable: it swaps in a
+complete checkpoint every few minutes and writes the finished model to `out_dir/vae/`
+(`AutoencoderKL.save_pretrained`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from dream3d.errors import UserError
+
+
+@dataclass
+class AutoencoderConfig:
+    resolution: int = 64
+    """Side of the square images it encodes."""
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    """Channels per level; len - 1 halvings, so three levels give f = 4."""
+    latent_channels: int = 4
+    """Channels of the latent (Stable Diffusion's 4)."""
+    layers_per_block: int = 1
+    """ResNet blocks per level."""
+    norm_num_groups: int = 16
+    """GroupNorm groups (must divide every channel count)."""
+    mid_attention: bool = False
+    """Self-attention in the bottleneck (off: costly at 16x16 and not needed for these renders)."""
+    steps: int = 3000
+    """Optimisation steps."""
+    batch_size: int = 32
+    """Images per step."""
+    lr: float = 1e-3
+    """Adam learning rate (cosine decay to a tenth over the run)."""
+    kl_weight: float = 1e-6
+    """Weight of the KL term (SD's VAE: 1e-6); keeps the latent near a unit Gaussian in scale only."""
+    seed: int = 0
+    """Seed of every draw of the run."""
+    checkpoint_seconds: float = 240.0
+    """Checkpoint at least this often (wall time)."""
+    log_steps: int = 50
+    """Print a line every this many steps."""
+
+
+def build_autoencoder(cfg: AutoencoderConfig):
+    from diffusers import AutoencoderKL
+
+    n = len(cfg.block_out_channels)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=cfg.latent_channels,
+        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
+        norm_num_groups=cfg.norm_num_groups, sample_size=cfg.resolution, mid_block_add_attention=cfg.mid_attention,
+    )
+
+
+def downscale_factor(vae) -> int:
+    """Pixels per latent cell along a side (diffusers' `vae_scale_factor`)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def encode_mean(vae, images: Tensor) -> Tensor:
+    """images [B, 3, H, W] in [-1, 1] -> scaled posterior means [B, C, H/f, W/f] (differentiable).
+    The mean keeps encoding deterministic, as `StableDiffusionPrior.encode` does."""
+    z = vae.encode(images).latent_dist.mean
+    shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+    return (z - shift) * float(vae.config.scaling_factor)
+
+
+def decode_latents(vae, latents: Tensor) -> Tensor:
+    """Scaled latents [B, C, h, w] -> images [B, 3, fh, fw] in [-1, 1] (not clamped)."""
+    shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+    return vae.decode(latents / float(vae.config.scaling_factor) + shift).sample
+
+
+def reconstruction_psnr(vae, images: Tensor, batch: int = 64) -> float:
+    """Mean PSNR (dB, images in [0, 1]) of encode -> decode over images [N, H, W, 3] in [0, 1]."""
+    out = []
+    with torch.no_grad():
+        for s in range(0, images.shape[0], batch):
+            x = images[s:s + batch].permute(0, 3, 1, 2) * 2 - 1
+            y = decode_latents(vae, encode_mean(vae, x)).clamp(-1, 1)
+            mse = (((y - x) / 2) ** 2).mean(dim=(1, 2, 3))
+            out.append(-10 * torch.log10(mse.clamp_min(1e-10)))
+    return float(torch.cat(out).mean())
+
+
+def autoencoder_loss(vae, x: Tensor, kl_weight: float, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """(loss, L1) for images x [B, 3, H, W] in [-1, 1]: L1 of a reconstruction from a posterior sample,
+    plus kl_weight times the KL to N(0, I) summed per image (SD's VAE convention)."""
+    post = vae.encode(x).latent_dist
+    z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+    recon = vae.decode(z).sample
+    l1 = (recon - x).abs().mean()
+    kl = 0.5 * (post.mean ** 2 + post.var - 1.0 - post.logvar).sum(dim=(1, 2, 3)).mean()
+    return l1 + kl_weight * kl, l1
+
+
+def _save_checkpoint(out_dir: Path, step: int, vae, opt, gen: torch.Generator, cfg: AutoencoderConfig) -> None:
+    tmp, final, old = out_dir / "vae-checkpoint.tmp", out_dir / "vae-checkpoint", out_dir / "vae-checkpoint.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().contiguous() for k, v in vae.state_dict().items()}, tmp / "model.safetensors")
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    state = {"step": step, "rng": gen.get_state().tolist(), "config": asdict(cfg), "time": time.time()}
+    (tmp / "state.json").write_text(json.dumps(state))
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(out_dir: Path, vae, opt, gen: torch.Generator, cfg: AutoencoderConfig) -> int:
+    for name in ("vae-checkpoint", "vae-checkpoint.old"):
+        d = out_dir / name
+        if (d / "state.json").exists():
+            state = json.loads((d / "state.json").read_text())
+            saved = {k: v for k, v in state["config"].items() if k in ("block_out_channels", "latent_channels",
+                                                                       "layers_per_block", "resolution")}
+            now = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items() if k in saved}
+            if saved != now:
+                raise UserError(f"cannot resume {d}: its autoencoder differs from the requested one ({saved} vs {now})")
+            vae.load_state_dict(load_file(d / "model.safetensors"))
+            opt.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True))
+            gen.set_state(torch.tensor(state["rng"], dtype=torch.uint8))
+            return int(state["step"])
+    return 0
+
+
+def latent_std(vae, images: Tensor, batch: int = 64) -> float:
+    """Standard deviation of the unscaled posterior means over images [N, H, W, 3] in [0, 1]."""
+    with torch.no_grad():
+        zs = [vae.encode(images[s:s + batch].permute(0, 3, 1, 2) * 2 - 1).latent_dist.mean
+              for s in range(0, images.shape[0], batch)]
+    return float(torch.cat(zs).std())
+
+
+def train_autoencoder(cfg: AutoencoderConfig, out_dir: Path, sample_images: Callable[[int, torch.Generator], Tensor],
+                      held_out: Tensor, resume: bool = False, log: Callable[[str], None] = print,
+                      stop=None) -> Path | None:
+    """Train the autoencoder on images drawn by `sample_images(n, gen)` ([n, H, W, 3] in [0, 1]);
+    `held_out` images measure it and set its scaling factor. Returns `out_dir/vae`, or None when
+    `stop.requested` ended the run early (a checkpoint is written first)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    vae = build_autoencoder(cfg)
+    opt = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step = _load_checkpoint(out_dir, vae, opt, gen, cfg) if resume else 0
+    vae.train()
+    last, t_start, step0, l1s = time.time(), time.time(), step, []
+    while step < cfg.steps and not (stop is not None and stop.requested):
+        for g in opt.param_groups:  # cosine from lr to lr / 10
+            g["lr"] = cfg.lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / cfg.steps)))
+        x = sample_images(cfg.batch_size, gen).permute(0, 3, 1, 2) * 2 - 1
+        loss, l1 = autoencoder_loss(vae, x.contiguous(), cfg.kl_weight, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        l1s.append(float(l1))
+        if step % cfg.log_steps == 0:
+            rate = (time.time() - t_start) / (step - step0)
+            log(f"autoencoder step {step}/{cfg.steps} L1 {np.mean(l1s[-cfg.log_steps:]):.4f} {rate:.2f}s/step "
+                f"eta {(cfg.steps - step) * rate / 60:.0f} min")
+        if time.time() - last > cfg.checkpoint_seconds:
+            _save_checkpoint(out_dir, step, vae, opt, gen, cfg)
+            last = time.time()
+    _save_checkpoint(out_dir, step, vae, opt, gen, cfg)
+    if step < cfg.steps:
+        return None
+    vae.eval()
+    vae.register_to_config(scaling_factor=1.0 / latent_std(vae, held_out))
+    psnr = reconstruction_psnr(vae, held_out)
+    tmp, final = out_dir / "vae.tmp", out_dir / "vae"
+    shutil.rmtree(tmp, ignore_errors=True)
+    vae.save_pretrained(tmp)
+    (tmp / "training.json").write_text(json.dumps({"steps": step, "held_out_psnr_db": psnr,
+                                                   "held_out_images": int(held_out.shape[0]),
+                                                   "config": asdict(cfg)}, indent=2))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    log(f"autoencoder done: {step} steps, held-out PSNR {psnr:.2f} dB, scaling factor "
+        f"{vae.config.scaling_factor:.4f}")
+    return final
