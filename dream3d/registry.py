@@ -83,12 +83,17 @@ _ENTRIES: dict[str, dict[str, Entry]] = {
             "ism", "dream3d.guidance.ism:ISMGuidance", "dream3d.guidance.ism:ISMConfig",
             "Interval score matching (LucidDreamer): DDIM-inverted noisy target over an interval.",
         ),
+        "zero123": Entry(
+            "zero123", "dream3d.guidance.zero123:Zero123Guidance", "dream3d.guidance.zero123:Zero123Config",
+            "Image-to-3D SDS under a Zero-1-to-3 / Stable Zero123 prior, relative to the --image's camera.",
+        ),
     },
 }
 
 PRIORS = {
     "tiny-shapes": "Embedded pixel-space prior trained on procedural renders: 10 colours x 12 objects; CPU, offline.",
     "<hugging face id or folder>": "A Stable Diffusion or DeepFloyd IF checkpoint from a local folder or the Hugging Face cache.",
+    "<zero-1-to-3 folder>": "A Zero-1-to-3 / Stable Zero123 checkpoint (diffusers layout) for --guidance zero123 with --image.",
 }
 
 

@@ -18,8 +18,13 @@ SMALL = {"hashgrid_nerf": ["--set", "representation.samples_per_ray=16"],
 GENERATED = [name for name in registry.names("representation") if name != "fixed_mesh"]
 
 
+# rules scoring renders against an input photo need --image and an image prior: tests/test_zero123.py
+TEXT_GUIDANCES = [name for name in registry.names("guidance")
+                  if not getattr(registry.lookup("guidance", name).cls(), "takes_reference_image", False)]
+
+
 @pytest.mark.parametrize("representation", GENERATED)
-@pytest.mark.parametrize("guidance", registry.names("guidance"))
+@pytest.mark.parametrize("guidance", TEXT_GUIDANCES)
 def test_guidance_runs_through_the_cli(request, tmp_path, guidance, representation):
     # multi-view SDS needs a prior with joint views; every other rule runs on the plain one
     model = request.getfixturevalue("tiny_joint_embedded_dir" if guidance == "mvsds" else "tiny_embedded_dir")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from dream3d.errors import UserError
 from dream3d.guidance.view_groups import ViewGroup
 from dream3d.types import Cameras, GuidanceOutput, RenderOutput
 
@@ -15,7 +16,15 @@ class Guidance:
     @classmethod
     def check_prior(cls, prior, cfg) -> None:
         """Raise UserError when the rule cannot work with `prior` (options `cfg`); a run asks this of
-        every stage's rule before any stage trains. Default: any prior will do."""
+        every stage's rule before any stage trains. Default: any prior that reads text (a prior
+        conditioned on an image instead, Zero-1-to-3, would score every render against nothing)."""
+        if not getattr(prior, "reads_text", True):
+            from dream3d import registry
+
+            name = next((e.name for e in registry.entries("guidance") if e.target.endswith(":" + cls.__name__)),
+                        cls.__name__)
+            raise UserError(f"guidance {name} scores renders against the text prompt, and the '{prior.name}' prior "
+                            "reads no text (it is conditioned on a reference image); use --guidance zero123 with --image")
 
     def __call__(self, out: RenderOutput, cams: Cameras, prompt, progress: float,
                  noise: Tensor | None = None, generator: torch.Generator | None = None) -> GuidanceOutput:

@@ -23,6 +23,9 @@ class DiffusionPrior(ABC):
     joint_views: bool = False
     """Whether `predict_eps` also takes `n_views=N` and denoises each run of N consecutive images (one
     object from N cameras, one t) jointly, self-attention spanning the views (MVDream); multi-view SDS needs it."""
+    reads_text: bool = True
+    """Whether `embed` reads prompts; False for an image-conditioned prior (Zero-1-to-3), which only the
+    rules that take a reference image can use."""
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
 

@@ -30,12 +30,16 @@ REQUIRED_PARTS = {
            "tokenizer": None, "scheduler": "scheduler_config.json"},
     "if": {"unet": "config.json", "text_encoder": "config.json",
            "tokenizer": None, "scheduler": "scheduler_config.json"},
+    "zero123": {"unet": "config.json", "vae": "config.json", "image_encoder": "config.json",
+                "feature_extractor": "preprocessor_config.json", "cc_projection": "config.json",
+                "scheduler": "scheduler_config.json"},
 }
-FAMILY_NAMES = {"sd": "Stable Diffusion", "if": "DeepFloyd IF"}
+FAMILY_NAMES = {"sd": "Stable Diffusion", "if": "DeepFloyd IF", "zero123": "Zero-1-to-3"}
 
 _HF_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # When downloading is allowed, fetch only what the priors read.
-_DOWNLOAD_PATTERNS = ["model_index.json", "unet/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*"]
+_DOWNLOAD_PATTERNS = ["model_index.json", "unet/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*",
+                      "image_encoder/*", "feature_extractor/*", "cc_projection/*"]
 _SKIP_PATTERNS = ["*.msgpack", "*.onnx", "*.onnx_data", "*.h5", "*.ckpt", "*.pb"]
 
 

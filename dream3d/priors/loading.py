@@ -41,6 +41,10 @@ def load_prior(model: str, device: torch.device | str | None = None, dtype: torc
         from dream3d.priors.deepfloyd import DeepFloydPrior
 
         return DeepFloydPrior(folder, device=device, dtype=dtype, **opts)
+    if family == "zero123":
+        from dream3d.priors.zero123 import Zero123Prior
+
+        return Zero123Prior(folder, device=device, dtype=dtype, **opts)
     return _open_embedded(folder, device)
 
 
@@ -57,8 +61,8 @@ def _open_embedded(folder: Path, device: torch.device) -> DiffusionPrior:
 
 
 def detect_family(folder: Path) -> str | None:
-    """"embedded" for a dream3d prior folder (prior.json), "sd" or "if" for a diffusers
-    folder, None for a folder without diffusers files."""
+    """"embedded" for a dream3d prior folder (prior.json), "sd", "if" or "zero123" (Zero-1-to-3,
+    image-conditioned) for a diffusers folder, None for a folder without diffusers files."""
     if (folder / "prior.json").is_file():
         return "embedded"
     index = folder / "model_index.json"
@@ -69,10 +73,14 @@ def detect_family(folder: Path) -> str | None:
             raise UserError(f"{index} is corrupt ({first_line(e)}); re-download the model or pass another folder") from e
         if name.startswith("IF"):
             return "if"
+        if name.startswith("Zero1to3") or "zero123" in name.lower():  # the community pipeline's ports
+            return "zero123"
         if name.startswith("StableDiffusion") and not name.startswith(("StableDiffusionXL", "StableDiffusion3")):
             return "sd"
-        raise UserError(f"{folder} holds a {name or 'unnamed'} pipeline; dream3d reads Stable Diffusion 1.x/2.x "
-                        "and DeepFloyd IF stage I folders")
+        raise UserError(f"{folder} holds a {name or 'unnamed'} pipeline; dream3d reads Stable Diffusion 1.x/2.x, "
+                        "DeepFloyd IF stage I and Zero-1-to-3 folders")
+    if (folder / "cc_projection").is_dir():
+        return "zero123"  # no model_index.json, but only Zero-1-to-3 folders carry a camera projection
     unet_config = folder / "unet" / "config.json"
     if unet_config.is_file():
         try:
