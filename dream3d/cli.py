@@ -38,7 +38,8 @@ def step_progress() -> Progress:
 def generate(
     ctx: typer.Context,
     prompt: Optional[str] = typer.Argument(None, help="What to make, e.g. \"a red cube\"."),
-    preset: Optional[str] = typer.Option(None, help="Recipe to start from (see `dream3d list`)."),
+    preset: Optional[str] = typer.Option(None, help="Recipe to start from (see `dream3d list`); with --image the "
+                                         "default is `image`."),
     representation: Optional[str] = typer.Option(None, help="3D representation name."),
     guidance: Optional[str] = typer.Option(None, help="Guidance name."),
     model: Optional[str] = typer.Option(None, help="Prior: tiny-shapes (embedded), a Hugging Face id or a local folder."),
@@ -54,9 +55,12 @@ def generate(
                                           "with --resume (a prompt, --seed, --set, --out, ...) is refused."),
     shape: Optional[Path] = typer.Option(None, "--shape", help="A coarse guide mesh that steers the geometry, "
                                          "used as given in the scene cube [-1, 1]^3 (+Y up, front +Z)."),
+    image: Optional[Path] = typer.Option(None, "--image", help="A photo of the object (alpha channel or plain "
+                                         "background) that fixes its front view; the prompt says what it shows "
+                                         "and guides the other sides (image.* settings: the camera, the weights)."),
     set_: List[str] = typer.Option([], "--set", help="Override any config field: key=value (repeatable)."),
 ) -> None:
-    """Turn a prompt into a 3D asset: train, then export a mesh and a turntable video."""
+    """Turn a prompt (or a photo and a prompt) into a 3D asset: train, then export a mesh and a turntable video."""
     from dream3d import pipeline, presets
 
     cfg = None
@@ -70,13 +74,16 @@ def generate(
                             f"{', '.join(given)} cannot apply; drop {'it' if len(given) == 1 else 'them'} "
                             f"(a new run takes {'it' if len(given) == 1 else 'them'})")
     if resume is None:
-        if prompt is None or not prompt.strip():
+        if image is None and (prompt is None or not prompt.strip()):
             raise UserError("the prompt is empty: give a text such as \"a red cube\"")
-        flags = presets.run_flags(prompt, model=model, seed=seed, device=device, negative_prompt=negative,
+        if image is not None and preset is None:
+            preset = "image"  # Gaussians -> mesh -> texture, as DreamGaussian makes a photo 3D
+        flags = presets.run_flags(prompt or "", model=model, seed=seed, device=device, negative_prompt=negative,
                                   representation=representation, guidance=guidance, steps=steps,
                                   resolution=resolution, allow_unknown_words=allow_unknown_words)
         flags["shape.mesh"] = str(shape) if shape is not None else None
-        cfg = presets.resolve(preset, flags, set_)
+        flags["image.path"] = str(image) if image is not None else None
+        cfg = presets.resolve(preset, flags, set_)  # a bad photo: refused by generate before any folder exists
     progress = step_progress()
     task = {}
 

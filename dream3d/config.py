@@ -17,6 +17,7 @@ import yaml
 
 from dream3d.cameras.orbit import CameraConfig
 from dream3d.errors import UserError
+from dream3d.guidance.reference_image import ImageConfig
 from dream3d.guidance.shape_guide import ShapeConfig
 from dream3d import registry
 from dream3d.runfolder import check_stage_name
@@ -151,6 +152,8 @@ class RunConfig:
     """What is written at the end of the run."""
     shape: ShapeConfig = field(default_factory=ShapeConfig)
     """An optional guide mesh that steers the geometry softly (`--shape`)."""
+    image: ImageConfig = field(default_factory=ImageConfig)
+    """An optional input photo that fixes the front view (`--image`)."""
 
 
 # ---------------------------------------------------------------- coercion
@@ -381,9 +384,9 @@ def build(data: dict) -> RunConfig:
 
 
 def validate(cfg: RunConfig) -> None:
-    if not cfg.prompt.strip():
+    if not cfg.prompt.strip() and not cfg.image.path:  # with a photo, reference_for says when one is needed
         raise UserError("the prompt is empty: give a text such as \"a red cube\"")
-    if not has_letters(cfg.prompt):
+    if cfg.prompt.strip() and not has_letters(cfg.prompt):
         raise UserError(f"the prompt {short_repr(cfg.prompt)} has no letters or digits (after Unicode "
                         "normalisation): give a text such as \"a red cube\"")
     names = [s.name for s in cfg.stages]

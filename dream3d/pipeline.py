@@ -55,17 +55,21 @@ def stage_seed(cfg: RunConfig, index: int) -> int:
     return cfg.seed * 1000 + index
 
 
-def build_stage(cfg: RunConfig, index: int, prior, prompt, run_dir: Path, device: torch.device, shape_guide=None):
+def build_stage(cfg: RunConfig, index: int, prior, prompt, run_dir: Path, device: torch.device, shape_guide=None,
+                reference=None):
     """The trainer of stage `index`, with a freshly initialised representation and guidance
-    (and the run's shape guide, when it has one, as a regulariser)."""
+    (and the run's shape guide and reference view, when it has them, as regularisers; a guidance
+    conditioned on the photo is given it here)."""
     from dream3d.training.trainer import Trainer
 
     stage = cfg.stages[index]
     torch.manual_seed(stage_seed(cfg, index))
     rep = build_representation(stage.representation, device)
     guidance = registry.build("guidance", stage.guidance.name, prior, stage.guidance.options)
+    if guidance.takes_reference_image:  # reference_for refused such a run without a photo
+        guidance.set_reference(reference.rgb.to(device), reference.mask.to(device), reference.camera.to(device))
     return Trainer(cfg, stage, index, run_dir, rep, guidance, prompt, device,
-                   regularizers=[shape_guide] if shape_guide is not None else [])
+                   regularizers=[r for r in (shape_guide, reference) if r is not None])
 
 
 def load_stage(cfg: RunConfig, index: int, run_dir: Path, device: torch.device):
@@ -102,6 +106,7 @@ def generate(
 
 def _generate(cfg, out_root, resume, on_start, on_step, run_dir, held: contextlib.ExitStack) -> Path:
     from dream3d.representations.convert import check_chain, convert
+    from dream3d.guidance.reference_image import reference_for
     from dream3d.guidance.shape_guide import guide_for
 
     if resume is not None:
@@ -115,6 +120,7 @@ def _generate(cfg, out_root, resume, on_start, on_step, run_dir, held: contextli
     check_chain(cfg)
     check_export_memory(cfg.export)  # the export's grid, texture and video must fit: known before training
     shape_guide = guide_for(cfg, run_dir if resume is not None else None)  # a bad guide: refused before anything
+    reference = reference_for(cfg, run_dir if resume is not None else None)  # a bad photo too
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     prior, prompt = load_prior_for(cfg, device)
@@ -122,12 +128,14 @@ def _generate(cfg, out_root, resume, on_start, on_step, run_dir, held: contextli
         registry.lookup("guidance", stage.guidance.name).cls().check_prior(prior, stage.guidance.options)
     if resume is None:
         if run_dir is None:
-            run_dir = new_run_dir(out_root, cfg.prompt)
+            run_dir = new_run_dir(out_root, cfg.prompt or Path(cfg.image.path).stem)
         else:
             run_dir = fixed_run_dir(Path(run_dir))
         held.enter_context(run_lock(run_dir))
         if shape_guide is not None:  # the run folder keeps its own copy, so resume needs nothing else
             cfg.shape.mesh = shape_guide.save(run_dir)
+        if reference is not None:
+            cfg.image.path = reference.save(run_dir)
         config_mod.save(cfg, run_dir / "config.yaml")
     tidy_run_folder(run_dir)  # temporary files and half-done renames a killed process left
     info = RunInfo(run_dir)
@@ -139,7 +147,7 @@ def _generate(cfg, out_root, resume, on_start, on_step, run_dir, held: contextli
         if stage_finished(run_dir, stage):
             previous = load_stage(cfg, index, run_dir, device)
             continue
-        trainer = build_stage(cfg, index, prior, prompt, run_dir, device, shape_guide)
+        trainer = build_stage(cfg, index, prior, prompt, run_dir, device, shape_guide, reference)
         t0 = time.perf_counter()
         try:
             if has_checkpoint(trainer.ckpt_dir):
@@ -162,6 +170,8 @@ def _generate(cfg, out_root, resume, on_start, on_step, run_dir, held: contextli
         previous = trainer.rep
     if cfg.export.mesh or cfg.export.video:
         export_run(run_dir, rep=previous, cfg=cfg)
+    if reference is not None:  # the finished asset (the exported mesh, for a surface) against the photo
+        info.update(reference_view=reference.measure(load_asset(run_dir, device)[1]))
     info.update(status="done")
     return run_dir
 

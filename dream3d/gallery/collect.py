@@ -50,6 +50,10 @@ class RunCard:
     """gaussians.ply, for a run with a Gaussian stage."""
     preview: Path | None = None
     """The latest preview grid (last stage, highest step)."""
+    reference: dict[str, float] = field(default_factory=dict)
+    """An image-to-3D run's fit at the reference view: psnr_db, l1 (run.json's reference_view)."""
+    reference_image: Path | None = None
+    """The input photo's copy in the run folder (`generate --image`)."""
 
 
 def clean_text(text: str) -> str:
@@ -204,6 +208,11 @@ def read_run(run_dir: Path, record: dict | None = None, warn: Warn | None = None
         if (run_dir / name).is_file():
             setattr(card, attr, run_dir / name)
     card.preview = latest_preview(run_dir, stage_names)
+    view = info.mapping("reference_view")
+    card.reference = {k: v for k in ("psnr_db", "l1") if (v := _number(view.get(k))) is not None}
+    photo = config.get("image", {}).get("path") if isinstance(config.get("image"), dict) else None
+    if isinstance(photo, str) and photo and not Path(photo).is_absolute() and (run_dir / photo).is_file():
+        card.reference_image = run_dir / photo
     return card
 
 

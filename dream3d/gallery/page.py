@@ -39,6 +39,7 @@ model-viewer { width: 100%; height: 280px; background: #b3b3b3; border-radius: 4
 .splat-state { position: absolute; left: 0.4rem; bottom: 0.3rem; font-size: 0.75rem; color: #333; }
 .media video, .media img.turntable { width: 100%; border-radius: 4px; image-rendering: pixelated; }
 img.preview { width: 100%; image-rendering: pixelated; border-radius: 4px; }
+img.reference { width: 96px; height: 96px; object-fit: contain; border-radius: 4px; background: #eee; }
 dl { display: grid; grid-template-columns: max-content 1fr; gap: 0.1rem 0.6rem; margin: 0.4rem 0; }
 dt { color: var(--muted); } dd { margin: 0; overflow-wrap: anywhere; }
 .error { color: #c62828; overflow-wrap: anywhere; }
@@ -120,12 +121,18 @@ def _card(card: RunCard, base: Path, viewer: bool, splat_viewer: bool) -> str:
         media.append(f'<img class="turntable" src="{_url(card.gif, base)}" alt="turntable: {label}">')
     if media:
         parts.append(f'<div class="media">{"".join(media)}</div>')
+    if card.reference_image is not None:
+        parts.append(f'<img class="reference" src="{_url(card.reference_image, base)}" alt="input image: {label}" '
+                     f'title="the input image (reference view)">')
     if card.preview is not None:
         parts.append(f'<img class="preview" src="{_url(card.preview, base)}" alt="preview grid: {label}" '
                      f'title="{_text(card.preview.name)}">')
     rows = dict(card.settings)
     if card.seconds is not None:
         rows["time"] = f"{card.seconds:.1f} s"
+    if "psnr_db" in card.reference:  # the finished asset against the photo, at its camera
+        l1 = card.reference.get("l1")
+        rows["reference view"] = f"{card.reference['psnr_db']:.1f} dB" + (f", L1 {l1:.3f}" if l1 is not None else "")
     for key, name in SCORES:
         if key in card.eval:
             rows[name] = f"{100 * card.eval[key]:.0f}%"

@@ -12,6 +12,10 @@ from dream3d.types import Cameras, GuidanceOutput, RenderOutput
 class Guidance:
     view_group: ViewGroup | None = None
     """Set by rules that score several related views at once (CSD, GSD): the trainer renders groups."""
+    takes_reference_image: bool = False
+    """True for rules conditioned on the input photo (`generate --image`): such a class defines
+    `set_reference(rgb [1, H, W, 3], mask [1, H, W, 1], camera: Cameras)`, called once before its
+    stage trains; a run without `--image` is refused before training."""
 
     @classmethod
     def check_prior(cls, prior, cfg) -> None:

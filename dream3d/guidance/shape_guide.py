@@ -165,8 +165,9 @@ class ShapeGuide:
         near = surface + self.cfg.sigma * torch.randn(n_near, 3, generator=generator)
         return torch.cat([uniform, near.clamp(-SCENE_BOUND, SCENE_BOUND)])
 
-    def __call__(self, rep, generator: torch.Generator) -> Tensor | None:
-        """The shape loss of `rep` at freshly sampled points; None when its geometry is frozen."""
+    def __call__(self, rep, generator: torch.Generator, step: int = 0, progress: float = 0.0) -> Tensor | None:
+        """The shape loss of `rep` at freshly sampled points; None when its geometry is frozen
+        (the same at every step: `step` and `progress` are the trainer's regulariser arguments)."""
         device = next(iter(rep.parameters())).device
         points = self.sample_points(self.cfg.points, generator).to(device)
         occupancy = rep.occupancy_at(points)

@@ -50,7 +50,8 @@ class Trainer:
     def __init__(self, cfg: RunConfig, stage: StageConfig, stage_index: int, run_dir: Path, rep: Representation,
                  guidance, prompt, device: torch.device, regularizers: list | tuple = ()):
         self.cfg, self.stage, self.run_dir, self.rep, self.guidance, self.prompt = cfg, stage, run_dir, rep, guidance, prompt
-        # inputs other than text (a shape guide): `reg(rep, generator) -> loss or None`, with `name` and `weight`
+        # inputs other than text (a shape guide, a reference photo): `reg(rep, generator, step, progress) -> loss
+        # or None`, with `name` and `weight`
         self.regularizers = list(regularizers)
         self.train = stage.train
         self.device = device
@@ -122,7 +123,7 @@ class Trainer:
                 loss = loss + weight * term
         logs = dict(g.logs)
         for reg in self.regularizers:
-            term = reg(self.rep, self.gen) if reg.weight > 0 else None
+            term = reg(self.rep, self.gen, step, progress) if reg.weight > 0 else None
             if term is not None:
                 loss = loss + reg.weight * term
                 logs[f"{reg.name}_loss"] = float(term.detach())
