@@ -269,3 +269,51 @@ def test_this_guidance_is_refused_on_a_text_prior(tiny_sd_prior):
     with pytest.raises(UserError) as err:
         Zero123Guidance(tiny_sd_prior)
     assert "Zero-1-to-3" in _one_line(err)
+
+
+# ---------------------------------------------------------------- through the CLI
+
+def _photo(path: Path) -> Path:
+    from PIL import Image
+
+    img = np.zeros((48, 48, 4), np.uint8)
+    img[12:36, 12:36] = [200, 30, 30, 255]  # a red square on transparency
+    Image.fromarray(img, "RGBA").save(path)
+    return path
+
+
+CLI_FAST = ["--preset", "dreamfusion", "--steps", "2", "--resolution", "32", "--device", "cpu",
+            "--set", "export.mesh=false", "--set", "export.video=false", "--set", "train.preview_every=0",
+            "--set", "representation.samples_per_ray=16", "--set", f"prior_resolution={RES}"]
+
+
+def test_cli_generate_with_an_image_under_zero123(zero123_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from dream3d.cli import app
+
+    out = tmp_path / "o"
+    res = CliRunner().invoke(app, ["generate", "a red cube", "--image", str(_photo(tmp_path / "ref.png")),
+                                   "--guidance", "zero123", "--model", str(zero123_dir), "--out", str(out), *CLI_FAST])
+    assert res.exit_code == 0, res.output
+    run = next(out.iterdir())
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and not any(r["skipped"] for r in rows)
+    assert all(math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0 for r in rows)
+    assert json.loads((run / "run.json").read_text())["status"] == "done"
+
+
+def test_cli_refuses_a_text_guidance_on_this_prior_in_one_line(zero123_dir, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "o"
+    res = subprocess.run([sys.executable, "-m", "dream3d.cli", "generate", "a red cube", "--image",
+                          str(_photo(tmp_path / "ref.png")), "--guidance", "sds", "--model", str(zero123_dir),
+                          "--out", str(out), *CLI_FAST], capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    lines = [line for line in res.stderr.splitlines() if line.strip() and "Loading weights" not in line
+             and "torchvision" not in line]
+    assert any("guidance sds" in line and "reads no text" in line for line in lines), res.stderr
+    assert "Traceback" not in res.stderr and len(lines) <= 2, res.stderr
+    assert not out.exists() or not any(out.iterdir())  # refused before a run folder was made
