@@ -220,3 +220,20 @@ def test_bad_settings():
         ImageConfig(every=0)
     with pytest.raises(UserError, match="image.fill"):
         ImageConfig(fill=1.5)
+
+
+def test_an_image_conditioned_guidance_needs_no_prompt(tmp_path, front):
+    from test_zero123 import RES, build_tiny_zero123
+
+    model = build_tiny_zero123(tmp_path / "zero123")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["generate", "--image", str(front), "--guidance", "zero123", "--model", str(model),
+                                   "--preset", "dreamfusion", "--steps", "2", "--resolution", "32", "--device", "cpu",
+                                   "--out", str(out), "--set", "export.mesh=false", "--set", "export.video=false",
+                                   "--set", "train.preview_every=0", "--set", "representation.samples_per_ray=16",
+                                   "--set", f"prior_resolution={RES}", "--set", "image.resolution=32"])
+    assert res.exit_code == 0, res.output
+    run = only_run(out)
+    assert run.name.startswith("front-")  # named after the photo
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "done" and "psnr_db" in info["reference_view"]
