@@ -276,6 +276,8 @@ def prior_train(
     single_view_fraction: float = typer.Option(0.3, help="With --views above 1: share of steps on single views."),
     world: str = typer.Option("tiny-shapes", help="Objects, colours and vocabulary to train on: tiny-shapes "
                               "(10 colours x 12 objects) or toy-world (14 x 41)."),
+    latent: bool = typer.Option(False, "--latent", help="Train a small VAE first, then a 64x64 prior in its latent "
+                                "space (a StableDiffusionPipeline folder); off: the 32x32 pixel prior."),
 ) -> None:
     """Train the embedded prior on procedural renders (resumable: Ctrl-C and run again)."""
     if "torch" not in sys.modules:
@@ -299,11 +301,11 @@ def prior_train(
                         f"--single-view-fraction must be in [0, 1]; got {views} and {single_view_fraction}")
     the_world = get_world(world)
     cfg = PriorTrainConfig(steps=steps, batch_size=batch_size, seed=seed, suffix_prob=suffix_prob, views=views,
-                           single_view_fraction=single_view_fraction, world=world)
+                           single_view_fraction=single_view_fraction, world=world, latent=latent)
     res, root = cfg.model.resolution, world_root(None, the_world)
     todo = [partial(write_shard, i, 2048, res, world=the_world) for i in range(shards)
-            if not shard_path(i, res, root).exists()]
-    if views > 1:  # as many grouped shards, of 2,048 images each
+            if views == 1 and not shard_path(i, res, root).exists()]
+    if views > 1:  # grouped shards of 2,048 images each; single-view steps read their rows one by one
         from dream3d.procedural.groups import group_shard_path, write_group_shard
 
         todo += [partial(write_group_shard, i, 2048 // views, res, views, world=the_world)

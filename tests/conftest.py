@@ -156,7 +156,8 @@ def tiny_if_prior(tiny_if_dir):
 def build_tiny_embedded(folder: Path, seed: int = 0, joint_views: bool = False) -> Path:
     """A tiny random embedded prior (16x16, camera-conditioned) saved in the shipped layout;
     `joint_views` makes it a joint multi-view prior (self-attention across a group's views)."""
-    from dream3d.priors.embedded_model import EmbeddedDiffusionModel, EmbeddedModelConfig, build_scheduler, save_prior
+    from dream3d.priors.embedded_model import EmbeddedDiffusionModel, EmbeddedModelConfig, build_scheduler
+    from dream3d.priors.prior_folder import save_prior
 
     cfg = EmbeddedModelConfig(resolution=16, block_out_channels=(8, 16, 16), layers_per_block=1, norm_num_groups=4,
                               attention_head_dim=8, text_hidden_size=16, text_heads=2, text_layers=1,

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from dream3d.cameras import orbit_cameras
 from dream3d.errors import UserError
 from dream3d.priors.embedded import EmbeddedPrior
-from dream3d.priors.embedded_model import EmbeddedDiffusionModel, EmbeddedModelConfig, build_scheduler, save_prior
+from dream3d.priors.embedded_model import EmbeddedDiffusionModel, EmbeddedModelConfig, build_scheduler
+from dream3d.priors.prior_folder import save_prior
 from dream3d.priors.train_embedded import PriorTrainConfig, train_prior
 
 torch.set_num_threads(1)

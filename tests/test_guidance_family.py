@@ -38,7 +38,8 @@ torch.set_num_threads(1)
 def embedded_prior(tmp_path_factory):
     """A tiny random embedded prior (16x16, camera-conditioned), saved and reopened."""
     from dream3d.priors.embedded import EmbeddedPrior
-    from dream3d.priors.embedded_model import EmbeddedDiffusionModel, EmbeddedModelConfig, build_scheduler, save_prior
+    from dream3d.priors.embedded_model import EmbeddedDiffusionModel, EmbeddedModelConfig, build_scheduler
+    from dream3d.priors.prior_folder import save_prior
 
     cfg = EmbeddedModelConfig(resolution=16, block_out_channels=(8, 16, 16), layers_per_block=1, norm_num_groups=4,
                               attention_head_dim=8, text_hidden_size=16, text_heads=2, text_layers=1)

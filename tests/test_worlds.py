@@ -11,7 +11,8 @@ import torch
 from dream3d.errors import UserError
 from dream3d.priors import vocab
 from dream3d.priors.embedded import EmbeddedPrior
-from dream3d.priors.embedded_model import EmbeddedDiffusionModel, EmbeddedModelConfig, build_scheduler, save_prior
+from dream3d.priors.embedded_model import EmbeddedDiffusionModel, EmbeddedModelConfig, build_scheduler
+from dream3d.priors.prior_folder import save_prior
 from dream3d.priors.worlds import TINY_SHAPES, TOY_WORLD, WORLDS, get_world, world_of_meta
 from dream3d.procedural.dataset import make_labeled_batch, shard_dir, world_root
 from dream3d.procedural.shapes import COLOURS, FACING, OBJECTS

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from dream3d.errors import UserError
+from dream3d.priors.codec import LatentCodec, reconstruction_psnr
 
 
 @dataclass
@@ -68,37 +69,6 @@ def build_autoencoder(cfg: AutoencoderConfig):
         block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
         norm_num_groups=cfg.norm_num_groups, sample_size=cfg.resolution, mid_block_add_attention=cfg.mid_attention,
     )
-
-
-def downscale_factor(vae) -> int:
-    """Pixels per latent cell along a side (diffusers' `vae_scale_factor`)."""
-    return 2 ** (len(vae.config.block_out_channels) - 1)
-
-
-def encode_mean(vae, images: Tensor) -> Tensor:
-    """images [B, 3, H, W] in [-1, 1] -> scaled posterior means [B, C, H/f, W/f] (differentiable).
-    The mean keeps encoding deterministic, as `StableDiffusionPrior.encode` does."""
-    z = vae.encode(images).latent_dist.mean
-    shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
-    return (z - shift) * float(vae.config.scaling_factor)
-
-
-def decode_latents(vae, latents: Tensor) -> Tensor:
-    """Scaled latents [B, C, h, w] -> images [B, 3, fh, fw] in [-1, 1] (not clamped)."""
-    shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
-    return vae.decode(latents / float(vae.config.scaling_factor) + shift).sample
-
-
-def reconstruction_psnr(vae, images: Tensor, batch: int = 64) -> float:
-    """Mean PSNR (dB, images in [0, 1]) of encode -> decode over images [N, H, W, 3] in [0, 1]."""
-    out = []
-    with torch.no_grad():
-        for s in range(0, images.shape[0], batch):
-            x = images[s:s + batch].permute(0, 3, 1, 2) * 2 - 1
-            y = decode_latents(vae, encode_mean(vae, x)).clamp(-1, 1)
-            mse = (((y - x) / 2) ** 2).mean(dim=(1, 2, 3))
-            out.append(-10 * torch.log10(mse.clamp_min(1e-10)))
-    return float(torch.cat(out).mean())
 
 
 def autoencoder_loss(vae, x: Tensor, kl_weight: float, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -169,7 +139,7 @@ def train_autoencoder(cfg: AutoencoderConfig, out_dir: Path, sample_images: Call
     last, t_start, step0, l1s = time.time(), time.time(), step, []
     while step < cfg.steps and not (stop is not None and stop.requested):
         for g in opt.param_groups:  # cosine from lr to lr / 10
-            g["lr"] = cfg.lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / cfg.steps)))
+            g["lr"] = float(cfg.lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / cfg.steps))))  # a float: weights-only reload
         x = sample_images(cfg.batch_size, gen).permute(0, 3, 1, 2) * 2 - 1
         loss, l1 = autoencoder_loss(vae, x.contiguous(), cfg.kl_weight, gen)
         opt.zero_grad(set_to_none=True)
@@ -177,7 +147,7 @@ def train_autoencoder(cfg: AutoencoderConfig, out_dir: Path, sample_images: Call
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         step += 1
-        l1s.append(float(l1))
+        l1s.append(l1.item())
         if step % cfg.log_steps == 0:
             rate = (time.time() - t_start) / (step - step0)
             log(f"autoencoder step {step}/{cfg.steps} L1 {np.mean(l1s[-cfg.log_steps:]):.4f} {rate:.2f}s/step "
@@ -190,7 +160,7 @@ def train_autoencoder(cfg: AutoencoderConfig, out_dir: Path, sample_images: Call
         return None
     vae.eval()
     vae.register_to_config(scaling_factor=1.0 / latent_std(vae, held_out))
-    psnr = reconstruction_psnr(vae, held_out)
+    psnr = reconstruction_psnr(LatentCodec(vae, cfg.resolution), held_out)
     tmp, final = out_dir / "vae.tmp", out_dir / "vae"
     shutil.rmtree(tmp, ignore_errors=True)
     vae.save_pretrained(tmp)

@@ -1,10 +1,11 @@
-"""The embedded default prior: a tiny camera-aware pixel diffusion model that ships
-with dream3d (`assets/priors/tiny-shapes/`) and runs offline on a CPU.
+"""The embedded default prior: a tiny camera-aware diffusion model that ships
+with dream3d (`assets/priors/`) and runs offline on a CPU.
 
 It knows the vocabulary of its world (`dream3d.priors.worlds`, named in its
-prior.json; the shipped tiny-shapes: ten colours, twelve objects) and four view
-suffixes. Its space is pixels in [-1, 1] at the prior's
-resolution (32x32), so `encode` is an antialiased resize. A prior trained on groups
+prior.json; tiny-shapes: ten colours, twelve objects) and four view suffixes.
+Its space is pixels in [-1, 1] at the prior's resolution (tiny-shapes, 32x32:
+`encode` is an antialiased resize) or the latents of its own small VAE (`encode`
+is the VAE's, through the same `LatentCodec` as Stable Diffusion). A prior trained on groups
 of views (`joint_views` in its prior.json) also denoises N views of one object
 jointly: `predict_eps(..., n_views=N)`.
 """
@@ -13,14 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from dream3d.errors import UserError
 from dream3d.priors import vocab
 from dream3d.priors.base import DiffusionPrior
-from dream3d.priors.embedded_model import (POSE_DIM, SAMPLE_GUIDANCE_SCALE, SAMPLE_VIEW_GUIDANCE_SCALE, ddim_sample,
-                                           load_prior_components)
+from dream3d.priors.embedded_model import SAMPLE_GUIDANCE_SCALE, SAMPLE_VIEW_GUIDANCE_SCALE, ddim_sample
+from dream3d.priors.prior_folder import load_prior_components
 from dream3d.priors.paths import embedded_prior_dir
 from dream3d.types import Cameras
 
@@ -39,8 +39,11 @@ class EmbeddedPrior(DiffusionPrior):
             )
         self.path = path
         self.device, self.dtype = torch.device(device), dtype
-        model, scheduler, meta = load_prior_components(path, dtype=dtype)
+        model, scheduler, meta, codec = load_prior_components(path, dtype=dtype)
         self.model = model.to(self.device).eval()
+        if hasattr(codec, "vae"):
+            codec.vae.to(self.device)
+        self.codec = codec
         if self.device.type == "cpu":
             self.model.unet.to(memory_format=torch.channels_last)
         self.model.requires_grad_(False)
@@ -60,16 +63,13 @@ class EmbeddedPrior(DiffusionPrior):
     # ------------------------------------------------------------------ DiffusionPrior
 
     def encode(self, images: Tensor) -> Tensor:
-        """images [B, H, W, 3] in [0, 1] -> x [B, 3, r, r] in [-1, 1] (antialiased resize, differentiable)."""
-        x = images.permute(0, 3, 1, 2).to(self.device, self.dtype)
-        if x.shape[-2:] != (self.resolution, self.resolution):
-            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear",
-                              align_corners=False, antialias=True)
-        return x * 2.0 - 1.0
+        """images [B, H, W, 3] in [0, 1] -> x [B, C, h, w] in the prior's space (differentiable): pixels in
+        [-1, 1] resized to its resolution, or the latents of its VAE (the path Stable Diffusion takes)."""
+        return self.codec.encode(images.to(self.device, self.dtype))
 
     def decode(self, x: Tensor) -> Tensor:
-        """x [B, 3, r, r] in [-1, 1] -> images [B, r, r, 3] in [0, 1]."""
-        return ((x.clamp(-1.0, 1.0) + 1.0) * 0.5).permute(0, 2, 3, 1)
+        """x [B, C, h, w] -> images [B, r, r, 3] in [0, 1]."""
+        return self.codec.decode(x)
 
     @torch.no_grad()
     def embed(self, prompts: list[str]) -> Tensor:
@@ -83,7 +83,7 @@ class EmbeddedPrior(DiffusionPrior):
 
     def predict_eps(self, x_t: Tensor, t: Tensor, embeds: Tensor, camera: Tensor | None = None,
                     n_views: int = 1) -> Tensor:
-        """eps [B, 3, r, r] for x_t [B, 3, r, r], t [B], embeds [B, L, D], camera pose features [B, 16] or None.
+        """eps [B, C, h, w] for x_t [B, C, h, w], t [B], embeds [B, L, D], camera pose features [B, 16] or None.
         `n_views` N > 1 (joint-view priors): the batch is B / N groups of N views, group-major, each
         denoised jointly; every view keeps its own camera and embedding, and the group shares one t."""
         B = x_t.shape[0]
@@ -91,11 +91,9 @@ class EmbeddedPrior(DiffusionPrior):
             raise ValueError(f"the prior {self.name} denoises one view at a time (it has no joint views)")
         if B % n_views:
             raise ValueError(f"a batch of {B} is not whole groups of {n_views} views")
-        if camera is None:
-            camera = torch.zeros(B, POSE_DIM, device=self.device, dtype=self.dtype)
         t = t.to(self.device).long().expand(B) if t.numel() == 1 else t.to(self.device).long()
-        return self.model(x_t.to(self.dtype), t, embeds.to(self.dtype), camera.to(self.device, self.dtype),
-                          n_views=n_views)
+        camera = None if camera is None else camera.to(self.device, self.dtype)
+        return self.model(x_t.to(self.device, self.dtype), t, embeds.to(self.dtype), camera, n_views=n_views)
 
     def check_prompt(self, prompt: str, allow_unknown_words: bool = False) -> list[str]:
         return vocab.check_prompt(prompt, allow_unknown=allow_unknown_words, world=self.world)
@@ -121,4 +119,4 @@ class EmbeddedPrior(DiffusionPrior):
             raise ValueError(f"{len(expanded)} samples are not whole groups of {n_views} views")
         gen = torch.Generator().manual_seed(seed)
         return ddim_sample(self.model, self.scheduler, expanded, pose, guidance_scale, steps, gen, view_guidance_scale,
-                           n_views=n_views)
+                           n_views=n_views, decode=self.codec.decode)

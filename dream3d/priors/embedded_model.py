@@ -1,15 +1,21 @@
-"""The embedded prior's networks, built from config, and its folder layout.
+"""The embedded prior's networks, built from config, and its DDIM sampler.
 
-A pixel-space diffusers `UNet2DConditionModel` (cross-attention only on the
-coarser levels: self-attention at full resolution costs ~10x per step on CPU)
-conditioned on a tiny `CLIPTextModel` over a word-level tokenizer, and on the
-camera through the UNet's class embedding (`class_embed_type="projection"` fed
-`Cameras.pose_features()`; zeros mean "no camera"). A joint-view model
-(`joint_views`) also denoises groups of N views together: its self-attention spans
-the group's views (`multiview_attention`), each view keeps its own camera.
+A diffusers `UNet2DConditionModel` (cross-attention only on the coarser levels:
+self-attention at full resolution costs ~10x per step on CPU) conditioned on a
+tiny `CLIPTextModel` over a word-level tokenizer, and on the camera
+(`Cameras.pose_features()`). It works in pixels (`latent_channels` = 0: the
+32x32 tiny-shapes prior) or in the latents of a small VAE (`dream3d.priors.autoencoder`).
 
-Saved folder (diffusers-like, loadable offline):
-    unet/  text_encoder/  tokenizer/  scheduler/  prior.json  README.md
+The camera enters one of two ways:
+- `camera_tokens` = 0: through the UNet's class embedding (`class_embed_type="projection"`;
+  zeros mean "no camera");
+- `camera_tokens` = K > 0: as K extra cross-attention tokens after the text's, from a
+  small MLP (`camera_encoder`). Rows without a camera get no tokens at all, so the
+  UNet called with the text alone (as `StableDiffusionPipeline` calls it) is exactly
+  the camera-free model.
+A joint-view model (`joint_views`) also denoises groups of N views together: its
+self-attention spans the group's views (`multiview_attention`), each view keeps its
+own camera. Folders are written and read by `dream3d.priors.prior_folder`.
 """
 from __future__ import annotations
 
@@ -61,6 +67,22 @@ class EmbeddedModelConfig:
     """diffusers beta schedule name (cosine suits small images)."""
     joint_views: bool = False
     """Self-attention spans the views of a group (MVDream), trained on grouped views; False in older folders."""
+    latent_channels: int = 0
+    """0: the model works in pixels; C > 0: in C-channel VAE latents of the `resolution`-pixel images."""
+    latent_factor: int = 1
+    """Pixels per latent cell along a side (the VAE's downscaling; 1 in pixel space)."""
+    camera_tokens: int = 0
+    """0: camera through the class embedding; K > 0: as K cross-attention tokens (see the module docstring)."""
+
+    @property
+    def channels(self) -> int:
+        """Channels of the space the UNet denoises."""
+        return self.latent_channels or 3
+
+    @property
+    def sample_size(self) -> int:
+        """Side of the UNet's input (pixels, or latent cells)."""
+        return self.resolution // self.latent_factor
 
 
 def build_unet(cfg: EmbeddedModelConfig):
@@ -68,10 +90,12 @@ def build_unet(cfg: EmbeddedModelConfig):
 
     down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention_levels)
     up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention_levels))
+    class_embedding = {} if cfg.camera_tokens else {
+        "class_embed_type": "projection", "projection_class_embeddings_input_dim": POSE_DIM}
     return UNet2DConditionModel(
-        sample_size=cfg.resolution,
-        in_channels=3,
-        out_channels=3,
+        sample_size=cfg.sample_size,
+        in_channels=cfg.channels,
+        out_channels=cfg.channels,
         down_block_types=down,
         up_block_types=up,
         mid_block_type="UNetMidBlock2DCrossAttn",
@@ -80,8 +104,7 @@ def build_unet(cfg: EmbeddedModelConfig):
         attention_head_dim=cfg.attention_head_dim,
         norm_num_groups=cfg.norm_num_groups,
         cross_attention_dim=cfg.text_hidden_size,
-        class_embed_type="projection",
-        projection_class_embeddings_input_dim=POSE_DIM,
+        **class_embedding,
         only_cross_attention=tuple(not s for s in cfg.self_attention_levels),
         addition_embed_type="text" if cfg.pooled_text_embedding else None,
         addition_embed_type_num_heads=max(1, cfg.text_hidden_size // 32),
@@ -114,7 +137,7 @@ def build_scheduler(cfg: EmbeddedModelConfig):
         num_train_timesteps=cfg.num_train_timesteps,
         beta_schedule=cfg.beta_schedule,
         prediction_type="epsilon",
-        clip_sample=True,
+        clip_sample=not cfg.latent_channels,  # pixels live in [-1, 1]; unit-variance latents do not
         clip_sample_range=1.0,
     )
 
@@ -123,13 +146,15 @@ class EmbeddedDiffusionModel(nn.Module):
     """UNet + text encoder + tokenizer trained together, on the words of one world."""
 
     def __init__(self, cfg: EmbeddedModelConfig, unet=None, text_encoder=None, tokenizer=None,
-                 world: World = TINY_SHAPES):
+                 world: World = TINY_SHAPES, camera_encoder: nn.Module | None = None):
         super().__init__()
         self.cfg = cfg
         self.world = world
         self.unet = unet if unet is not None else build_unet(cfg)
         self.text_encoder = text_encoder if text_encoder is not None else build_text_encoder(cfg, world)
         self.tokenizer = tokenizer if tokenizer is not None else vocab.build_tokenizer(world)
+        self.camera_encoder = (camera_encoder if camera_encoder is not None else build_camera_encoder(cfg)
+                               if cfg.camera_tokens else None)
         if cfg.joint_views:  # processors are not saved with the weights: installed on every build and load
             install_multiview_attention(self.unet)
 
@@ -145,121 +170,43 @@ class EmbeddedDiffusionModel(nn.Module):
         return self.text_encoder(input_ids=self.token_ids(prompts)).last_hidden_state
 
     def forward(self, x_t: Tensor, t: Tensor, embeds: Tensor, pose: Tensor | None = None, n_views: int = 1) -> Tensor:
-        """eps [B, 3, h, w] for x_t [B, 3, h, w], timesteps t [B], embeds [B, L, D], pose [B, 16] or None;
-        with `n_views` N > 1 (joint-view models) each run of N consecutive rows is one group."""
-        if pose is None:
-            pose = torch.zeros(x_t.shape[0], POSE_DIM, device=x_t.device, dtype=x_t.dtype)
+        """eps [B, C, h, w] for x_t [B, C, h, w], timesteps t [B], embeds [B, L, D], pose [B, 16] or None
+        (zeros: no camera); with `n_views` N > 1 (joint-view models) each run of N consecutive rows is one group."""
+        if self.camera_encoder is None:
+            if pose is None:
+                pose = torch.zeros(x_t.shape[0], POSE_DIM, device=x_t.device, dtype=x_t.dtype)
+            with views(self.unet, n_views):
+                return self.unet(x_t, t, encoder_hidden_states=embeds, class_labels=pose.to(x_t.dtype)).sample
+        has = (torch.zeros(x_t.shape[0], dtype=torch.bool, device=x_t.device) if pose is None
+               else pose.abs().sum(dim=1) > 0)
+        groups = has.reshape(-1, n_views)
+        if (groups.any(dim=1) != groups.all(dim=1)).any():
+            raise ValueError("every view of a group needs a camera, or none does")
+        if bool(has.all()) or not bool(has.any()):
+            return self._denoise(x_t, t, embeds, pose if bool(has.all()) else None, n_views)
+        out = torch.empty_like(x_t)  # rows with and without cameras: two passes, whole groups each
+        for rows in (has, ~has):
+            out[rows] = self._denoise(x_t[rows], t[rows], embeds[rows], pose[rows] if rows is has else None,
+                                      n_views)
+        return out
+
+    def _denoise(self, x_t: Tensor, t: Tensor, embeds: Tensor, pose: Tensor | None, n_views: int) -> Tensor:
+        """The UNet on rows that all have a camera (pose [B, 16]) or none (None: the text tokens alone)."""
+        if pose is not None:
+            tokens = self.camera_encoder(pose.to(embeds.dtype)).reshape(pose.shape[0], self.cfg.camera_tokens, -1)
+            embeds = torch.cat([embeds, tokens], dim=1)
         with views(self.unet, n_views):
-            return self.unet(x_t, t, encoder_hidden_states=embeds, class_labels=pose.to(x_t.dtype)).sample
+            return self.unet(x_t, t, encoder_hidden_states=embeds).sample
+
+
+def build_camera_encoder(cfg: EmbeddedModelConfig) -> nn.Module:
+    """Pose features [B, 16] -> camera tokens [B, K * D] (D the text width)."""
+    d = cfg.text_hidden_size
+    return nn.Sequential(nn.Linear(POSE_DIM, d), nn.SiLU(), nn.Linear(d, cfg.camera_tokens * d))
 
 
 def parameter_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-@dataclass
-class PriorCard:
-    """What README.md and prior.json say about a saved prior."""
-
-    train_steps: int = 0
-    """Optimisation steps the weights were trained for."""
-    batch_size: int = 0
-    """Images per training step."""
-    notes: list[str] = field(default_factory=list)
-    """Free-form lines for the model card (measurements, data)."""
-
-
-def save_prior(model: EmbeddedDiffusionModel, scheduler, out_dir: Path, card: PriorCard | None = None,
-               half: bool = False) -> Path:
-    """Write the prior folder; `half` stores weights in float16 (loading casts back to float32)."""
-    import copy
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    card = card or PriorCard()
-    unet, text = model.unet, model.text_encoder
-    if half:
-        unet, text = copy.deepcopy(unet).half(), copy.deepcopy(text).half()
-    unet.save_pretrained(out_dir / "unet")
-    text.save_pretrained(out_dir / "text_encoder")
-    model.tokenizer.save_pretrained(out_dir / "tokenizer")
-    scheduler.save_pretrained(out_dir / "scheduler")
-    meta = {
-        "format_version": PRIOR_FORMAT_VERSION,
-        "kind": "dream3d-embedded-pixel-prior",
-        "resolution": model.cfg.resolution,
-        "model_config": asdict(model.cfg),
-        **vocab.prior_meta(model.world),  # "world" and its words: the token ids belong to this world
-        "prompt_template": "a {colour} {object}[, {front|side|back|overhead} view]",
-        "camera": {
-            "conditioning": "UNet class embedding fed Cameras.pose_features(): camera-to-world 4x4 "
-            "(OpenGL: looks down -Z, +Y up) flattened row-major, translation / 3.0; zeros = no camera",
-            "world": "+Y up, objects face +Z, azimuth 0 on +Z",
-            "elevation_range": [-10.0, 60.0], "distance_range": [2.6, 3.2], "fov_range": [40.0, 50.0],
-        },
-        "image_space": "pixels in [-1, 1], [B, 3, h, w]",
-        "background": "solid grey, level uniform in [0.55, 0.85]",
-        "train_steps": card.train_steps,
-        "batch_size": card.batch_size,
-        "parameters": {"unet": parameter_count(model.unet), "text_encoder": parameter_count(model.text_encoder)},
-    }
-    (out_dir / "prior.json").write_text(json.dumps(meta, indent=2))
-    (out_dir / "README.md").write_text(_model_card(meta, card))
-    return out_dir
-
-
-def _model_card(meta: dict, card: PriorCard) -> str:
-    v = meta["vocab"]
-    fronted = v["fronted_objects"]
-    lines = [
-        f"# dream3d embedded prior: {meta['world']}",
-        "",
-        f"A {meta['resolution']}x{meta['resolution']} pixel-space text-and-camera-conditioned diffusion model "
-        "trained from scratch by `dream3d prior train` on the project's own procedural renders "
-        "(`dream3d/procedural/`). It only knows:",
-        "",
-        f"- colours: {', '.join(v['colours'])}",
-        f"- objects: {', '.join(v['objects'])} ({', '.join(fronted[:-1])} and {fronted[-1]} have a front facing +Z)",
-        f"- optional view suffix: {', '.join(v['views'])} (e.g. \"a red chair, back view\")",
-        "",
-        "It is the CPU default for `dream3d generate`; for anything else pass `--model` with a real checkpoint.",
-        "",
-        "## Details",
-        f"- UNet parameters: {meta['parameters']['unet']:,}; text encoder: {meta['parameters']['text_encoder']:,}",
-        f"- training: {card.train_steps} steps at batch {card.batch_size}, eps-prediction, "
-        "text dropout for classifier-free guidance, camera dropout, EMA weights",
-        f"- camera conditioning: {meta['camera']['conditioning']}",
-        f"- background: {meta['background']}",
-        "- licence: Apache-2.0, like the rest of dream3d; trained only on procedurally generated images",
-    ]
-    if meta["model_config"].get("joint_views"):
-        lines.append("- joint views: groups of views of one object are denoised together (self-attention across "
-                     "the views, a camera per view), as `--guidance mvsds` asks")
-    lines += [f"- {n}" for n in card.notes]
-    return "\n".join(lines) + "\n"
-
-
-def load_prior_components(path: Path, dtype: torch.dtype = torch.float32):
-    """(EmbeddedDiffusionModel, scheduler, meta) from a saved folder, offline."""
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, PreTrainedTokenizerFast
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # a one-line CLI does not want per-load progress bars
-    path = Path(path)
-    meta = json.loads((path / "prior.json").read_text())
-    cfg_dict = dict(meta["model_config"])
-    for k in ("block_out_channels", "attention_levels", "self_attention_levels"):
-        cfg_dict[k] = tuple(cfg_dict[k])
-    cfg = EmbeddedModelConfig(**cfg_dict)
-    unet = UNet2DConditionModel.from_pretrained(path / "unet", local_files_only=True, torch_dtype=dtype)
-    text = CLIPTextModel.from_pretrained(path / "text_encoder", local_files_only=True, dtype=dtype)
-    tok = PreTrainedTokenizerFast.from_pretrained(path / "tokenizer", local_files_only=True)
-    sched = DDPMScheduler.from_pretrained(path / "scheduler", local_files_only=True)
-    world = world_of_meta(meta, path)  # no "world" key: tiny-shapes, as every folder saved before worlds
-    if tok.get_vocab() != {w: i for i, w in enumerate(vocab.vocabulary(world))}:
-        raise UserError(f"{path}: its tokenizer's vocabulary is not that of its world {world.name!r}")
-    return EmbeddedDiffusionModel(cfg, unet, text, tok, world), sched, meta
 
 
 # Sampling CFG scale: on the 32x32 prior, 1.5 reads right far more often than 3.0 (measured by
@@ -284,9 +231,11 @@ def ddim_sample(
     generator: torch.Generator | None = None,
     view_guidance_scale: float = SAMPLE_VIEW_GUIDANCE_SCALE,
     n_views: int = 1,
+    decode=None,
 ) -> Tensor:
     """DDIM samples, one per prompt: images [N, H, W, 3] in [0, 1]; with `n_views` > 1 (joint-view
-    models) each run of that many consecutive samples is denoised as one group.
+    models) each run of that many consecutive samples is denoised as one group. `decode` maps the
+    model's space to images (a codec's `decode`; needed for latent models, pixels by default).
 
     eps = eps_u + s (eps_c - eps_u) + w (eps_c - eps_p): classifier-free guidance in the diffusers
     convention (s = 1: none), plus view guidance, where eps_p reads the prompt without its view
@@ -296,9 +245,11 @@ def ddim_sample(
 
     ddim = DDIMScheduler.from_config(scheduler.config)
     ddim.set_timesteps(steps)
-    n, r = len(prompts), model.cfg.resolution
+    n, c, r = len(prompts), model.cfg.channels, model.cfg.sample_size
+    if decode is None and model.cfg.latent_channels:
+        raise ValueError("sampling a latent model needs its VAE's decode")
     device = next(model.unet.parameters()).device
-    x = torch.randn(n, 3, r, r, generator=generator).to(device)
+    x = torch.randn(n, c, r, r, generator=generator).to(device)
     no_pose = torch.zeros(n, POSE_DIM, device=device)
     pose = no_pose if pose is None else pose.to(device)
     plain = [vocab.without_view(p, model.world) for p in prompts]
@@ -318,4 +269,6 @@ def ddim_sample(
         if eps_p:
             eps = eps + view_guidance_scale * (eps_c - eps_p[0])
         x = ddim.step(eps, int(t), x).prev_sample
+    if decode is not None:
+        return decode(x).cpu()
     return ((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu()

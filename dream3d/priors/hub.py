@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from dream3d.errors import UserError
+from dream3d.priors.codec import resize_square  # noqa: F401 - the backends' resize, shared with the codecs
 
 # Subfolders (diffusers layout) each family needs, with the file that must be in each.
 REQUIRED_PARTS = {
@@ -163,14 +163,6 @@ def eps_from_model_output(out: Tensor, x_t: Tensor, alpha_bar_t: Tensor, predict
     if prediction_type == "sample":
         return (x_t - alpha * out) / sigma
     raise ValueError(f"unsupported prediction_type {prediction_type!r}")
-
-
-def resize_square(images: Tensor, size: int) -> Tensor:
-    """[B, C, H, W] -> [B, C, size, size], bilinear; antialiased only when shrinking."""
-    if images.shape[-2:] == (size, size):
-        return images
-    shrink = images.shape[-1] > size or images.shape[-2] > size
-    return F.interpolate(images, (size, size), mode="bilinear", align_corners=False, antialias=shrink)
 
 
 def first_line(e: BaseException) -> str:

@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 
 from dream3d.priors.base import DiffusionPrior
-from dream3d.priors.hub import default_dtype, eps_from_model_output, load_frozen_parts, resize_square
+from dream3d.priors.codec import LatentCodec
+from dream3d.priors.hub import default_dtype, eps_from_model_output, load_frozen_parts
 
 
 class StableDiffusionPrior(DiffusionPrior):
@@ -38,22 +39,18 @@ class StableDiffusionPrior(DiffusionPrior):
         self.unet, self.vae, self.text_encoder = parts["unet"], parts["vae"], parts["text_encoder"]
         self.tokenizer, self.scheduler = parts["tokenizer"], parts["scheduler"]
         self.prediction_type = self.scheduler.config.prediction_type
-        self.latent_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.scaling_factor = float(self.vae.config.scaling_factor)
-        self.shift_factor = float(getattr(self.vae.config, "shift_factor", None) or 0.0)
+        self.codec = LatentCodec(self.vae, resolution)
+        self.latent_scale = self.codec.factor
+        self.scaling_factor, self.shift_factor = self.codec.scaling_factor, self.codec.shift_factor
         self._text_cache: dict[str, Tensor] = {}
 
     def encode(self, images: Tensor) -> Tensor:
         """images [B, H, W, 3] in [0, 1] -> latents [B, 4, res/8, res/8] float32 (differentiable)."""
-        x = resize_square(images.permute(0, 3, 1, 2), self.resolution) * 2.0 - 1.0
-        posterior = self.vae.encode(x.to(self.device, self.dtype)).latent_dist
-        return ((posterior.mean - self.shift_factor) * self.scaling_factor).float()
+        return self.codec.encode(images)
 
     def decode(self, x: Tensor) -> Tensor:
         """latents [B, 4, h, w] -> images [B, 8h, 8w, 3] in [0, 1]."""
-        z = x.to(self.device, self.dtype) / self.scaling_factor + self.shift_factor
-        images = self.vae.decode(z).sample.float()
-        return ((images + 1.0) * 0.5).clamp(0.0, 1.0).permute(0, 2, 3, 1)
+        return self.codec.decode(x)
 
     @torch.no_grad()
     def embed(self, prompts: list[str]) -> Tensor:

@@ -7,11 +7,15 @@ now and then writes a sample grid (`out_dir/samples/step-XXXXXX.png`).
 
     dream3d prior train --out DIR --steps 20000      (the one entry point: dream3d/cli.py)
 
+With `latent` it first trains a small VAE on the renders (`autoencoder`, kept in
+`out_dir/vae/`, resumable on its own) and then the diffusion model on its latents, and
+exports a folder that `StableDiffusionPipeline` also loads (`prior_folder`).
+
 With `views` N > 1 it trains the joint multi-view prior: most steps see groups of N
 views of one scene 90 degrees apart (`procedural.groups`), one t per group, the UNet's
 self-attention spanning each group; a `single_view_fraction` of the steps see single
-views (N = 1), so the prior stays a 2D prior too. `views` = 1 (the default) is the
-single-view training, draw for draw.
+views (N = 1, single rows of the grouped shards), so the prior stays a 2D prior too.
+`views` = 1 (the default) is the single-view training, draw for draw.
 """
 from __future__ import annotations
 
@@ -33,14 +37,24 @@ from safetensors.torch import load_file, save_file
 from dream3d.cameras import orbit_cameras
 from dream3d.errors import UserError
 from dream3d.priors import vocab
+from dream3d.priors.autoencoder import AutoencoderConfig, train_autoencoder
+from dream3d.priors.codec import LatentCodec
 from dream3d.priors.worlds import DEFAULT_WORLD, World, get_world
-from dream3d.priors.embedded_model import (
-    SAMPLE_GUIDANCE_SCALE, EmbeddedDiffusionModel, EmbeddedModelConfig, PriorCard, build_scheduler, ddim_sample,
-    parameter_count, save_prior,
-)
+from dream3d.priors.embedded_model import (SAMPLE_GUIDANCE_SCALE, EmbeddedDiffusionModel, EmbeddedModelConfig,
+                                           build_scheduler, ddim_sample, parameter_count)
+from dream3d.priors.prior_folder import PriorCard, save_prior
 from dream3d.procedural.dataset import DATA_VERSION, LabeledBatch, ShardPool, make_labeled_batch
 from dream3d.procedural.groups import GroupShardPool, make_group_batch
 from dream3d.training.stop import graceful_stop
+
+
+def latent_model_config() -> EmbeddedModelConfig:
+    """The latent prior: 64x64 renders as 4 x 16 x 16 latents, attention (and joint views) at 8x8 and 4x4,
+    the camera as one cross-attention token. A training step costs about what one of the 32x32 pixel
+    prior did, where a 64x64 pixel UNet of like depth costs about three times as much (README, Priors)."""
+    return EmbeddedModelConfig(resolution=64, block_out_channels=(64, 128, 192), attention_levels=(False, True, True),
+                               self_attention_levels=(False, True, True), layers_per_block=1, norm_num_groups=16,
+                               attention_head_dim=32, latent_channels=4, latent_factor=4, camera_tokens=1)
 
 
 @dataclass
@@ -92,8 +106,16 @@ class PriorTrainConfig:
     """Views per training group: 4 trains the joint multi-view prior (views 90 degrees apart); 1 the single-view one."""
     single_view_fraction: float = 0.3
     """With views > 1: share of steps trained on single views (N = 1), so the joint prior stays a 2D prior."""
+    latent: bool = False
+    """Train a VAE first (`autoencoder`), then the diffusion model in its latent space (`model` must be latent)."""
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    """The VAE of a latent run (its resolution must be the model's)."""
 
     def __post_init__(self):
+        if self.latent and not self.model.latent_channels:
+            self.model = latent_model_config()
+        if self.latent and self.autoencoder.resolution != self.model.resolution:
+            self.autoencoder = dataclasses.replace(self.autoencoder, resolution=self.model.resolution)
         if self.views > 1 and not self.model.joint_views:  # a copy: a shared model config is never changed
             self.model = dataclasses.replace(self.model, joint_views=True)
 
@@ -126,6 +148,8 @@ def _batch(cfg: PriorTrainConfig, pool: ShardPool | None, gen: torch.Generator,
             return group_pool.sample(groups, gen, suffix_prob=cfg.suffix_prob), cfg.views
         return make_group_batch(groups, cfg.model.resolution, cfg.views, generator=gen,
                                 suffix_prob=cfg.suffix_prob, world=get_world(cfg.world)), cfg.views
+    if group_pool is not None:  # single rows of the grouped shards: the same data, no second set to render
+        return group_pool.sample_views(cfg.batch_size, gen, suffix_prob=cfg.suffix_prob), 1
     if pool is not None:
         return pool.sample(cfg.batch_size, gen, suffix_prob=cfg.suffix_prob), 1
     return make_labeled_batch(cfg.batch_size, cfg.model.resolution, generator=gen, suffix_prob=cfg.suffix_prob,
@@ -133,13 +157,18 @@ def _batch(cfg: PriorTrainConfig, pool: ShardPool | None, gen: torch.Generator,
 
 
 def training_loss(model: EmbeddedDiffusionModel, alphas_cumprod: torch.Tensor, batch: LabeledBatch,
-                  cfg: PriorTrainConfig, gen: torch.Generator, n_views: int = 1) -> torch.Tensor:
+                  cfg: PriorTrainConfig, gen: torch.Generator, n_views: int = 1,
+                  codec: LatentCodec | None = None) -> torch.Tensor:
     """Min-SNR-weighted eps-prediction loss on one batch, with text and camera dropout. With `n_views`
-    N > 1 the batch is groups of N views (group-major): one t, text and camera dropout per group."""
+    N > 1 the batch is groups of N views (group-major): one t, text and camera dropout per group.
+    A latent model learns the latents of its frozen VAE (`codec`)."""
     B = batch.images.shape[0]
     G = B // n_views
     per_view = lambda v: v.repeat_interleave(n_views, 0)  # noqa: E731 - per group -> per view (N = 1: as is)
     x0 = batch.images.permute(0, 3, 1, 2) * 2.0 - 1.0
+    if codec is not None:
+        with torch.no_grad():
+            x0 = codec.encode_pixels(x0)
     x0 = x0.contiguous(memory_format=torch.channels_last)
     t = per_view(torch.randint(0, alphas_cumprod.shape[0], (G,), generator=gen))
     eps = torch.randn(x0.shape, generator=gen)
@@ -210,7 +239,8 @@ def _check_same_architecture(out_dir: Path, cfg: PriorTrainConfig) -> None:
             return
 
 
-def export_ema_prior(model, ema: EMA, scheduler, out_dir: Path, step: int, cfg: PriorTrainConfig) -> Path:
+def export_ema_prior(model, ema: EMA, scheduler, out_dir: Path, step: int, cfg: PriorTrainConfig,
+                     codec: LatentCodec | None = None) -> Path:
     """Save the EMA weights as a prior folder (`out_dir/prior`), swapped in atomically."""
     import copy
 
@@ -227,7 +257,11 @@ def export_ema_prior(model, ema: EMA, scheduler, out_dir: Path, step: int, cfg: 
         notes.append(f"joint views: {1 - cfg.single_view_fraction:.0%} of steps on groups of {cfg.views} views of one "
                      "scene 90 degrees apart at a shared random elevation and starting azimuth (one t per group), "
                      "the rest on single views")
-    save_prior(ema_model, scheduler, tmp, PriorCard(train_steps=step, batch_size=cfg.batch_size, notes=notes))
+    if codec is not None:
+        notes.append(f"latent space: a VAE trained first on the same renders ({cfg.autoencoder.steps} steps at batch "
+                     f"{cfg.autoencoder.batch_size}; `dream3d.priors.autoencoder`)")
+    save_prior(ema_model, scheduler, tmp, PriorCard(train_steps=step, batch_size=cfg.batch_size, notes=notes),
+               vae=codec.vae if codec is not None else None)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     return final
@@ -252,7 +286,8 @@ def sample_grid_prompts(world: World | None = None) -> tuple[list[str], torch.Te
     return prompts, torch.tensor(az)
 
 
-def write_sample_grid(model, ema: EMA, scheduler, path: Path, seed: int = 0, cols: int = 8) -> Path:
+def write_sample_grid(model, ema: EMA, scheduler, path: Path, seed: int = 0, cols: int = 8,
+                      codec: LatentCodec | None = None) -> Path:
     import copy
 
     import imageio.v3 as iio
@@ -264,12 +299,14 @@ def write_sample_grid(model, ema: EMA, scheduler, path: Path, seed: int = 0, col
     n, r = len(prompts), model.cfg.resolution
     cams = orbit_cameras(torch.full((n,), 15.0), az, torch.full((n,), 2.9), torch.full((n,), 45.0), r, r)
     imgs = ddim_sample(ema_model, scheduler, prompts, cams.pose_features(), guidance_scale=SAMPLE_GUIDANCE_SCALE,
-                       steps=25, generator=torch.Generator().manual_seed(seed))
+                       steps=25, generator=torch.Generator().manual_seed(seed),
+                       decode=codec.decode if codec is not None else None)
     rows = math.ceil(n / cols)
     grid = torch.ones(rows * cols, r, r, 3)
     grid[:n] = imgs
     grid = grid.reshape(rows, cols, r, r, 3).permute(0, 2, 1, 3, 4).reshape(rows * r, cols * r, 3)
-    grid = grid.repeat_interleave(2, 0).repeat_interleave(2, 1)
+    scale = max(1, 64 // r)  # small priors' tiles drawn at least 64 pixels wide
+    grid = grid.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     iio.imwrite(path, (grid.numpy() * 255).round().astype(np.uint8))
     (path.with_suffix(".txt")).write_text("\n".join(prompts) + "\n")
@@ -315,6 +352,8 @@ def train_prior(cfg: PriorTrainConfig, out_dir: Path, resume: bool = False,
         raise UserError(f"views must be at least 1 and divide the batch size ({cfg.batch_size}), got {cfg.views}")
     if not 0.0 <= cfg.single_view_fraction <= 1.0:
         raise UserError(f"single_view_fraction must be in [0, 1], got {cfg.single_view_fraction}")
+    if cfg.latent != bool(cfg.model.latent_channels):
+        raise UserError("a latent run needs a latent model (latent_channels > 0) and a pixel run a pixel model")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tuner = ThreadTuner(cfg.threads)
@@ -334,9 +373,12 @@ def train_prior(cfg: PriorTrainConfig, out_dir: Path, resume: bool = False,
     group_pool = (GroupShardPool(cfg.model.resolution, root, cfg.views, world)
                   if pool is not None and cfg.views > 1 else None)
     (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    plain_log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
+    codec = None
+    if cfg.latent:
+        codec = _trained_codec(cfg, out_dir, group_pool or pool, world, resume, plain_log)
     bar = _progress_bar(step, cfg.steps) if sys.stdout.isatty() else None
-    log = (lambda msg: bar.console.log(msg)) if bar else (  # noqa: E731
-        lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True))
+    log = (lambda msg: bar.console.log(msg)) if bar else plain_log  # noqa: E731
     log(f"start step {step}/{cfg.steps}; unet {parameter_count(model.unet):,} params, text encoder "
         f"{parameter_count(model.text_encoder):,}; data {'%d shard images' % len(pool) if pool else 'rendered'}"
         + (f"; groups of {cfg.views} views" + (f" ({len(group_pool)} shard images)" if group_pool else "")
@@ -353,7 +395,7 @@ def train_prior(cfg: PriorTrainConfig, out_dir: Path, resume: bool = False,
             batch, n_views = _batch(cfg, pool, gen, group_pool)
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-            loss = training_loss(model, alphas_cumprod, batch, cfg, gen, n_views)
+            loss = training_loss(model, alphas_cumprod, batch, cfg, gen, n_views, codec)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
@@ -378,21 +420,49 @@ def train_prior(cfg: PriorTrainConfig, out_dir: Path, resume: bool = False,
             final = step == cfg.steps
             if final or time.time() - last_ckpt > cfg.checkpoint_seconds or step % cfg.checkpoint_steps == 0:
                 _save_checkpoint(out_dir, step, model, ema, opt, gen, cfg)
-                export_ema_prior(model, ema, scheduler, out_dir, step, cfg)
+                export_ema_prior(model, ema, scheduler, out_dir, step, cfg, codec)
                 last_ckpt = time.time()
                 log(f"checkpoint at step {step}")
             if cfg.sample_steps and (step % cfg.sample_steps == 0 or final):
                 t1 = time.time()
-                p = write_sample_grid(model, ema, scheduler, out_dir / "samples" / f"step-{step:06d}.png")
+                p = write_sample_grid(model, ema, scheduler, out_dir / "samples" / f"step-{step:06d}.png",
+                                      codec=codec)
                 log(f"samples {p} ({time.time() - t1:.0f}s)")
     if bar is not None:
         bar.stop()
     if stop.requested:  # Ctrl-C / SIGTERM: the step in flight finished; keep it and say how to go on
         _save_checkpoint(out_dir, step, model, ema, opt, gen, cfg)
-        export_ema_prior(model, ema, scheduler, out_dir, step, cfg)
+        export_ema_prior(model, ema, scheduler, out_dir, step, cfg, codec)
         log(f"stopped by {stop.signal_name} at step {step}; checkpoint written, continue with `dream3d prior train`")
         raise KeyboardInterrupt
-    return export_ema_prior(model, ema, scheduler, out_dir, step, cfg)
+    return export_ema_prior(model, ema, scheduler, out_dir, step, cfg, codec)
+
+
+def _trained_codec(cfg: PriorTrainConfig, out_dir: Path, pool: ShardPool | None, world: World, resume: bool,
+                   log: Callable[[str], None]) -> LatentCodec:
+    """The frozen VAE of a latent run: `out_dir/vae/` when it is there, else trained now (resumable),
+    on single images of the shards (or fresh renders), measured on 256 renders of its own seed."""
+    from diffusers import AutoencoderKL
+
+    folder = out_dir / "vae"
+    if not (folder / "config.json").exists():
+        res = cfg.autoencoder.resolution
+
+        def images(n: int, gen: torch.Generator) -> torch.Tensor:
+            if pool is not None and len(pool):
+                return pool.sample_views(n, gen).images  # mirrored half the time
+            return make_labeled_batch(n, res, generator=gen, world=world).images
+
+        held_out = make_labeled_batch(256, res, seed=987_654, world=world).images
+        log(f"training the autoencoder first ({cfg.autoencoder.steps} steps; held out: 256 fresh renders)")
+        with graceful_stop() as stop:
+            done = train_autoencoder(cfg.autoencoder, out_dir, images, held_out, resume=resume, log=log, stop=stop)
+        if done is None:
+            log(f"stopped by {stop.signal_name}; the autoencoder's checkpoint is written, run again to continue")
+            raise KeyboardInterrupt
+    vae = AutoencoderKL.from_pretrained(folder, local_files_only=True)
+    vae.eval().requires_grad_(False)
+    return LatentCodec(vae, cfg.model.resolution)
 
 
 def _progress_bar(start: int, total: int):

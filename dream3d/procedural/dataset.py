@@ -200,6 +200,11 @@ class ShardPool:
         return LabeledBatch(images, captions, cams, obj, col, view_names(cams.elevation, cams.azimuth),
                             None)
 
+    def sample_views(self, n: int, gen: torch.Generator, suffix_prob: float = 0.5, mirror: bool = True) -> LabeledBatch:
+        """n single images, each with its own caption and camera, whatever the pool (a grouped pool's
+        `sample` returns whole groups)."""
+        return ShardPool.sample(self, n, gen, suffix_prob, mirror)
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="Pre-render procedural training shards.")
