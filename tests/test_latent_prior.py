@@ -170,3 +170,17 @@ def test_tiny_latent_training_run_writes_a_pipeline_folder(tmp_path):
 
     with pytest.raises(UserError, match="latent"):
         train_prior(dataclasses.replace(cfg, latent=False), tmp_path / "x")
+
+
+@pytest.mark.parametrize("guidance", ["sds", "mvsds"])
+def test_generate_runs_through_the_latent_prior(tmp_path, latent_folder, guidance):
+    from dream3d import config, pipeline
+
+    cfg = config.build({"prompt": "a red cube", "model": str(latent_folder), "device": "cpu",
+                        "guidance": {"name": guidance},
+                        "train": {"steps": 2, "resolution": 16, "preview_every": 0},
+                        "export": {"mesh": False, "video": False}})
+    run = pipeline.generate(cfg, tmp_path / "run")
+    rows = [json.loads(line) for line in next((tmp_path / "run").rglob("metrics.jsonl")).read_text().splitlines()]
+    assert rows and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows), rows
+    assert run is not None

@@ -43,9 +43,9 @@ class AutoencoderConfig:
     """GroupNorm groups (must divide every channel count)."""
     mid_attention: bool = False
     """Self-attention in the bottleneck (off: costly at 16x16 and not needed for these renders)."""
-    steps: int = 3000
+    steps: int = 2000
     """Optimisation steps."""
-    batch_size: int = 32
+    batch_size: int = 16
     """Images per step."""
     lr: float = 1e-3
     """Adam learning rate (cosine decay to a tenth over the run)."""

@@ -98,7 +98,7 @@ class PriorTrainConfig:
     """Checkpoint at least this often (wall time)."""
     checkpoint_steps: int = 500
     """...and at least every this many steps."""
-    sample_steps: int = 500
+    sample_steps: int = 1000
     """Write a sample grid every this many steps (0 disables)."""
     log_steps: int = 25
     """Print a log line every this many steps."""
