@@ -245,7 +245,8 @@ def test_prior_quality_reads_samples_with_the_classifier(tiny_embedded_dir):
     assert set(result["per_object"]) == {"cube", "chair"}
     for key in ("object", "colour", "view"):
         assert 0.0 <= result[key] <= 1.0
-    assert result["meets_bars"] == all(result[k] >= b for k, b in BARS.items())
+    assert result["four_views"] is None  # a single-view prior draws no joint groups
+    assert result["meets_bars"] == all(result[k] >= b for k, b in BARS.items() if k != "four_views")
     # The per-object numbers average to the overall one (equal sample counts per object).
     objs = [d["object"] for d in result["per_object"].values()]
     assert abs(sum(objs) / len(objs) - result["object"]) < 1e-9
@@ -253,3 +254,22 @@ def test_prior_quality_reads_samples_with_the_classifier(tiny_embedded_dir):
     assert "front view" not in result["per_object"]["cube"]
     chair_views = [result["per_object"]["chair"][f"{v} view"] for v in ("front", "side", "back")]
     assert abs(sum(chair_views) / 3 - result["view"]) < 1e-9
+
+
+def test_prior_quality_reads_joint_groups_in_camera_order(tiny_joint_embedded_dir):
+    """A joint-view prior is also read on groups of four views; the reads follow the cameras' order."""
+    from dream3d.evaluation import prior_quality
+    from dream3d.evaluation.classifier import load_classifier
+    from dream3d.priors.embedded import EmbeddedPrior
+
+    prior, clf = EmbeddedPrior(tiny_joint_embedded_dir), load_classifier()
+    result = prior_quality.measure_prior(prior, n=1, steps=2, colours=("red",), objects=("cube", "chair"),
+                                         classifier=clf)
+    assert "four views" not in result["per_object"]["cube"]  # only fronted objects
+    reads = prior_quality.four_view_reads(prior, clf, "chair", ("red",), 1, 1.5, 2, 0)
+    assert len(reads) == 4 and result["four_views"] == sum(reads) / 4
+    # by hand: the same joint samples, read as front / side / back / side
+    images = prior.sample(["a red chair"] * 4, n=1, guidance_scale=1.5, steps=2, seed=2, n_views=4,
+                          camera=prior_quality._cameras(4, torch.tensor([0.0, 90.0, 180.0, 270.0])))
+    pred = clf.predict(images).view_logits.argmax(-1).tolist()
+    assert reads == [float(p == clf.cfg.views.index(v)) for p, v in zip(pred, ("front", "side", "back", "side"))]
