@@ -12,7 +12,8 @@ camera. The view head is trained only on fronted objects; on the others its outp
 means nothing.
 
 Saved like a diffusers component: `config.json` (architecture + label lists) and
-`model.safetensors` in one folder.
+`model.safetensors` in one folder. Each world has its own (`classifier_dir`): the
+tiny-shapes one in assets/classifier, any other in assets/classifier-{world}.
 """
 from __future__ import annotations
 
@@ -26,14 +27,22 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from dream3d.errors import UserError
+from dream3d.priors.worlds import DEFAULT_WORLD, World
 
 VIEW_LABELS = ("front", "side", "back")
 """The view head's classes (azimuth-based view names)."""
 
 
+def classifier_dir(world: str = DEFAULT_WORLD) -> Path:
+    """The shipped classifier of a world in the source tree: assets/classifier for tiny-shapes
+    (where it always was), assets/classifier-{world} for the others."""
+    assets = Path(__file__).resolve().parents[2] / "assets"
+    return assets / "classifier" if world == DEFAULT_WORLD else assets / f"classifier-{world}"
+
+
 def default_classifier_dir() -> Path:
-    """assets/classifier in the source tree."""
-    return Path(__file__).resolve().parents[2] / "assets" / "classifier"
+    """assets/classifier in the source tree (the tiny-shapes classifier)."""
+    return classifier_dir(DEFAULT_WORLD)
 
 
 @dataclass
@@ -166,18 +175,32 @@ class ShapeClassifier(nn.Module):
 _CACHE: dict[str, ShapeClassifier] = {}
 
 
-def load_classifier(folder: Path | None = None) -> ShapeClassifier:
-    """The shipped classifier (or the one in `folder`), loaded once per process, on CPU."""
-    folder = Path(folder) if folder is not None else default_classifier_dir()
+def load_classifier(folder: Path | None = None, world: World | None = None) -> ShapeClassifier:
+    """The classifier in `folder`, else the one shipped for `world` (default tiny-shapes), loaded once
+    per process, on CPU. With a world, the classifier must know all its objects and colours."""
+    if folder is None:
+        name = world.name if world is not None else DEFAULT_WORLD
+        folder = classifier_dir(name)
+        if not (folder / "config.json").is_file():
+            raise UserError(f"no evaluation classifier for the {name} world (expected {folder}); train one with "
+                            f"`python -m dream3d.evaluation.train_classifier --world {name} --out {folder}`")
+    folder = Path(folder)
     key = str(folder.resolve())
     if key not in _CACHE:
         _CACHE[key] = ShapeClassifier.from_pretrained(folder)
-    return _CACHE[key]
+    clf = _CACHE[key]
+    if world is not None:
+        unknown = [w for w in world.objects + world.colours if w not in clf.cfg.objects + clf.cfg.colours]
+        if unknown:
+            raise UserError(f"the classifier in {folder} does not know {', '.join(unknown[:4])}"
+                            f"{' ...' if len(unknown) > 4 else ''} of the {world.name} world; train one with "
+                            f"`python -m dream3d.evaluation.train_classifier --world {world.name}`")
+    return clf
 
 
 def n_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["VIEW_LABELS", "ClassifierConfig", "ClassifierOutput", "ShapeClassifier", "default_classifier_dir",
-           "load_classifier", "n_parameters"]
+__all__ = ["VIEW_LABELS", "ClassifierConfig", "ClassifierOutput", "ShapeClassifier", "classifier_dir",
+           "default_classifier_dir", "load_classifier", "n_parameters"]
