@@ -304,8 +304,19 @@ def test_embedded_name_opens_embedded_prior_lazily(tmp_path, monkeypatch):
     assert load_prior("tiny-shapes", device="cpu") == "embedded-prior"
     assert opened == [(tmp_path, torch.device("cpu"))]
     monkeypatch.setenv("DREAM3D_PRIOR_DIR", str(tmp_path / "absent"))
-    with pytest.raises(UserError, match="embedded prior is missing"):
+    with pytest.raises(UserError, match="embedded prior embedded is missing"):
         load_prior("embedded")
+
+
+def test_each_embedded_prior_name_is_its_own_assets_folder(monkeypatch):
+    from dream3d.priors.paths import EMBEDDED_PRIORS, embedded_prior_dir
+
+    monkeypatch.delenv("DREAM3D_PRIOR_DIR", raising=False)
+    assert embedded_prior_dir("embedded") == embedded_prior_dir("tiny-shapes")
+    for name in EMBEDDED_PRIORS:
+        assert embedded_prior_dir(name).parts[-3:] == ("assets", "priors", name)
+    with pytest.raises(ValueError, match="no embedded prior"):
+        embedded_prior_dir("nonsense")
 
 
 def test_folder_with_only_fp16_variant_files_loads(tiny_sd_dir, tmp_path):

@@ -21,15 +21,17 @@ from dream3d.priors.paths import EMBEDDED_NAMES, embedded_prior_dir
 
 def load_prior(model: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                **opts) -> DiffusionPrior:
-    """Open a prior. `model` is "tiny-shapes" / "embedded", a local folder, or a
+    """Open a prior. `model` is an embedded prior's name ("tiny-shapes", "toy-world", "embedded" for the
+    default), a local folder, or a
     Hugging Face id (looked up in the local cache, `cache_dir` or the hub's own, and
     downloaded only with `allow_download=True`). Other options (`resolution`) go to the backend."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if model in EMBEDDED_NAMES:
-        folder = embedded_prior_dir()
+        folder = embedded_prior_dir(model)
         if not folder.is_dir():
-            raise UserError(f"the embedded prior is missing: expected the folder {folder} (point DREAM3D_PRIOR_DIR "
-                            "at a copy, or reinstall dream3d from its source repository)")
+            raise UserError(f"the embedded prior {model} is missing: expected the folder {folder} (point "
+                            "DREAM3D_PRIOR_DIR at a copy of the default one, or reinstall dream3d from its source "
+                            "repository)")
         return _open_embedded(folder, device)
     folder = resolve_model_folder(model, opts.pop("allow_download", False), opts.pop("cache_dir", None))
     family = detect_family(folder)
