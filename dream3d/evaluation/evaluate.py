@@ -18,8 +18,10 @@ camera; over views:
   candidates are 90, 135, 180, 225 and 270 degrees. The view accuracy also leaves
   out views near the side/back boundary (135 degrees), keeping 0, 90, 180, 270.
 
-Prompts outside the classifier's vocabulary (a run made with a real checkpoint)
-still get per-view predictions; the fidelity numbers are then None.
+The classifier is the one shipped for the world of the run's prior (`prior_world`:
+prior.json's "world", tiny-shapes when it names none); a run whose prior has no world
+(a real checkpoint) is read by the tiny-shapes one. Prompts outside the classifier's
+vocabulary still get per-view predictions; the fidelity numbers are then None.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ from dream3d.cameras.views import view_names
 from dream3d.atomic import write_text_atomic
 from dream3d.evaluation.classifier import ShapeClassifier, load_classifier
 from dream3d.priors.vocab import parse_prompt
-from dream3d.priors.worlds import World
+from dream3d.priors.worlds import World, world_of_meta
 
 BOUNDARY_MARGIN = 15.0
 """Degrees around the 45 / 135 degree view boundaries inside which a view's expected name is ambiguous."""
@@ -198,6 +200,21 @@ def write_json_atomic(path: Path, data: dict) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
+def prior_world(model: str) -> World | None:
+    """The world of the prior a run names (RunConfig.model): that of a dream3d prior folder's
+    prior.json, None for a diffusers checkpoint or a prior no longer on this machine."""
+    from dream3d.errors import UserError
+    from dream3d.priors.hub import resolve_model_folder
+    from dream3d.priors.paths import EMBEDDED_NAMES, embedded_prior_dir
+
+    try:
+        folder = embedded_prior_dir(model) if model in EMBEDDED_NAMES else resolve_model_folder(model)
+    except UserError:
+        return None
+    meta = folder / "prior.json"
+    return world_of_meta(json.loads(meta.read_text()), folder) if meta.is_file() else None
+
+
 def evaluate_run(run_dir: Path, n_views: int = 8, classifier: ShapeClassifier | None = None) -> dict:
     """Evaluate a finished run from its folder (what it gives the user: a mesh-ending run's mesh.glb, else
     its last stage); writes `eval.json` there and returns the result."""
@@ -206,6 +223,8 @@ def evaluate_run(run_dir: Path, n_views: int = 8, classifier: ShapeClassifier | 
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     cfg, rep = pipeline.load_asset(run_dir)
+    # Refused before rendering when the prior's world has no classifier.
+    classifier = classifier or load_classifier(world=prior_world(cfg.model))
     images, azimuth = render_turntable(cfg, rep, n_views)
     result = evaluate_images(images, cfg.prompt, azimuth=azimuth, classifier=classifier)
     result = {"run_dir": str(run_dir), "elevation": float(cfg.camera.eval_elevation),

@@ -10,10 +10,17 @@ also reads renders of generated 3D assets, which are blurrier, noisier and frame
 differently than the procedural scenes: random zoom / shift / small roll, mirror,
 blur or a low-resolution round trip, brightness and slight per-channel gain, noise.
 
-A held-out set rendered from a separate seed measures accuracy at the end; the
-numbers are written next to the weights (training.json: `render_seconds` counts
-every render, pool and refreshes; `train_seconds` is the step loop's wall time,
-refresh renders included).
+With `--pool-source shards` the pool is filled (and refreshed) from the world's
+pre-rendered grouped shards instead (`python -m dream3d.procedural.dataset --world W
+--resolution 64 --views 4`; single views drawn from them, mirrored half the time),
+which is what makes a slow-to-render world such as toy-world affordable on CPU. The
+augmentations are the same either way.
+
+A held-out set rendered from a separate seed measures accuracy at the end (always
+fresh renders, never the shards, so it is not in the training data); the numbers
+are written next to the weights (training.json: `render_seconds` counts every pool
+and refresh render or shard draw, `holdout_seconds` the held-out renders,
+`train_seconds` is the step loop's wall time, refreshes included).
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dream3d.cameras.views import view_names
+from dream3d.errors import UserError
 from dream3d.evaluation.classifier import VIEW_LABELS, ClassifierConfig, ShapeClassifier, n_parameters
 from dream3d.priors.worlds import DEFAULT_WORLD, World, get_world
 from dream3d.procedural.dataset import make_labeled_batch
@@ -67,6 +75,16 @@ class TrainConfig:
     """torch CPU threads (the renders and the steps share the machine with other jobs)."""
     world: str = DEFAULT_WORLD
     """The world whose objects and colours the classifier learns (dream3d.priors.worlds)."""
+    pool_source: str = "renders"
+    """Where pool images come from: "renders" (fresh, seeded) or "shards" (the world's grouped shards)."""
+    shard_root: str = ""
+    """Cache root of the shards ("" = the default, ~/.cache/dream3d/procedural)."""
+    shard_views: int = 4
+    """Views per group of the grouped shards read (their folder is r{resolution}-v2-groups{views})."""
+    channels: str = "24,32,48,64,96"
+    """Widths of the stem and conv blocks (ClassifierConfig.channels), comma-separated."""
+    hidden: int = 128
+    """Width of the shared layer before the heads."""
 
 
 # ---------------------------------------------------------------- labels
@@ -94,6 +112,37 @@ def render_set(n: int, gen: torch.Generator, cfg: TrainConfig, labels_cfg: Class
         labels.append({"object": b.objects, "colour": b.colours, "view": view_labels(b.cameras.azimuth),
                        "view_mask": fronted[b.objects]})
     return torch.cat(images), {k: torch.cat([lab[k] for lab in labels]) for k in labels[0]}
+
+
+def shard_pool(cfg: TrainConfig):
+    """The world's grouped shards at the training resolution, loaded into memory."""
+    from dream3d.procedural.groups import GroupShardPool
+
+    world = get_world(cfg.world)
+    pool = GroupShardPool(cfg.resolution, Path(cfg.shard_root) if cfg.shard_root else None, cfg.shard_views, world)
+    if len(pool) == 0:
+        raise UserError(f"no {world.name} shards in {pool.directory()}; write them with `python -m "
+                        f"dream3d.procedural.dataset --world {world.name} --resolution {cfg.resolution} "
+                        f"--views {cfg.shard_views}`")
+    return pool
+
+
+def shard_set(n: int, gen: torch.Generator, pool, labels_cfg: ClassifierConfig) -> tuple[Tensor, dict[str, Tensor]]:
+    """n single views drawn from grouped shards (mirrored half the time, with their cameras), in
+    `render_set`'s format."""
+    if tuple(labels_cfg.objects) != pool.world.objects or tuple(labels_cfg.colours) != pool.world.colours:
+        raise ValueError(f"the classifier's label lists must follow the {pool.world.name} world's order")
+    fronted = torch.tensor([o in labels_cfg.fronted_objects for o in pool.world.objects])
+    b = pool.sample_views(n, gen)
+    images = (b.images * 255.0).round().to(torch.uint8)
+    return images, {"object": b.objects, "colour": b.colours, "view": view_labels(b.cameras.azimuth),
+                    "view_mask": fronted[b.objects]}
+
+
+def holdout_set(cfg: TrainConfig, labels_cfg: ClassifierConfig) -> tuple[Tensor, dict[str, Tensor]]:
+    """The held-out set: fresh renders from a seed of its own, whatever the pool's source."""
+    hold_gen = torch.Generator().manual_seed(cfg.seed + HOLDOUT_SEED_OFFSET)
+    return render_set(cfg.holdout_size, hold_gen, cfg, labels_cfg)
 
 
 # ---------------------------------------------------------------- augmentation
@@ -191,13 +240,23 @@ def train(cfg: TrainConfig, out_dir: Path | None = None, log=print) -> tuple[Sha
     gen = torch.Generator().manual_seed(cfg.seed)
     model_cfg = label_config(get_world(cfg.world))
     model_cfg.resolution = cfg.resolution
+    model_cfg.channels = [int(c) for c in cfg.channels.split(",")]
+    model_cfg.hidden = cfg.hidden
     model = ShapeClassifier(model_cfg).to(memory_format=torch.channels_last)
     log(f"classifier: {n_parameters(model):,} parameters ({4 * n_parameters(model) / 1e6:.2f} MB float32)")
 
     t0 = time.perf_counter()
-    pool, pool_lab = render_set(cfg.pool_size, gen, cfg, model_cfg)
+    if cfg.pool_source == "shards":
+        shards = shard_pool(cfg)
+        draw = lambda n: shard_set(n, gen, shards, model_cfg)  # noqa: E731
+        log(f"{len(shards)} shard images in {shards.directory()}")
+    elif cfg.pool_source == "renders":
+        draw = lambda n: render_set(n, gen, cfg, model_cfg)  # noqa: E731
+    else:
+        raise UserError(f"unknown pool source {cfg.pool_source!r}; use renders or shards")
+    pool, pool_lab = draw(cfg.pool_size)
     render_seconds = time.perf_counter() - t0
-    log(f"rendered a pool of {cfg.pool_size} images in {render_seconds:.0f} s")
+    log(f"filled a pool of {cfg.pool_size} images from {cfg.pool_source} in {render_seconds:.0f} s")
 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(cfg.steps, 1), pct_start=0.15)
@@ -207,7 +266,7 @@ def train(cfg: TrainConfig, out_dir: Path | None = None, log=print) -> tuple[Sha
     for step in range(cfg.steps):
         if cfg.refresh_every and step and step % cfg.refresh_every == 0:
             t_r = time.perf_counter()
-            new, new_lab = render_set(cfg.refresh_images, gen, cfg, model_cfg)
+            new, new_lab = draw(cfg.refresh_images)
             idx = (torch.arange(cfg.refresh_images) + refresh_at) % cfg.pool_size
             refresh_at = int(idx[-1]) + 1
             pool[idx] = new
@@ -229,14 +288,16 @@ def train(cfg: TrainConfig, out_dir: Path | None = None, log=print) -> tuple[Sha
                 f"{time.perf_counter() - t1:.0f} s")
     train_seconds = time.perf_counter() - t1
 
-    hold_gen = torch.Generator().manual_seed(cfg.seed + HOLDOUT_SEED_OFFSET)
-    hold, hold_lab = render_set(cfg.holdout_size, hold_gen, cfg, model_cfg)
+    t_h = time.perf_counter()
+    hold, hold_lab = holdout_set(cfg, model_cfg)
+    holdout_seconds = time.perf_counter() - t_h
     model.eval()
     clean = accuracy(model, hold, hold_lab)
     aug = accuracy(model, augment(hold, torch.Generator().manual_seed(cfg.seed + 7)), hold_lab)
     metrics = {
         "holdout_clean": clean, "holdout_augmented": aug, "parameters": n_parameters(model),
         "render_seconds": round(render_seconds, 1), "train_seconds": round(train_seconds, 1),
+        "holdout_seconds": round(holdout_seconds, 1),
         "config": asdict(cfg),
     }
     log(f"held-out ({clean['n']} renders, seed {cfg.seed + HOLDOUT_SEED_OFFSET}): object {clean['object']:.3f}  "
