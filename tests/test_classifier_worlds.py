@@ -165,6 +165,17 @@ def test_evaluate_run_reads_with_the_classifier_of_the_prior_world(tmp_path, mon
     assert res["n_captions"] == len(TOY.objects) * len(TOY.colours)
 
 
+def test_prior_eval_reads_with_the_classifier_of_the_prior_world(tmp_path, monkeypatch):
+    from dream3d.evaluation.prior_quality import measure_prior
+
+    class ToyPrior:  # refused before any sample is drawn
+        world = TOY
+
+    monkeypatch.setattr(clf_mod, "classifier_dir", lambda world="tiny-shapes": tmp_path / f"classifier-{world}")
+    with pytest.raises(UserError, match="no evaluation classifier for the toy-world world"):
+        measure_prior(ToyPrior())
+
+
 # ---------------------------------------------------------------- the shipped toy-world classifier
 
 
