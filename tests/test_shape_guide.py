@@ -171,3 +171,43 @@ def test_bad_settings(tmp_path):
         ShapeConfig(sigma=0)
     with pytest.raises(UserError, match="shape.weight"):
         ShapeConfig(weight=-1)
+
+
+@pytest.mark.parametrize("representation", ["gaussians", "hashgrid_nerf"])
+def test_a_shape_run_resumed_after_a_stop_matches_the_uninterrupted_one(tmp_path, tiny_embedded_dir, representation):
+    import json
+    import os
+    import signal
+
+    from dream3d import pipeline, presets
+
+    box = trimesh.creation.box(extents=(0.6, 0.8, 0.6))
+    box.export(tmp_path / "box.obj")
+    extra = {"gaussians": {"representation.n_init": 300}, "hashgrid_nerf": {"representation.samples_per_ray": 16}}
+
+    def cfg():
+        return presets.resolve("fast", {"prompt": "a green cylinder", "model": str(tiny_embedded_dir), "device": "cpu",
+                                      "representation.name": representation, "train.steps": 6,
+                                      "train.resolution": 32, "shape.mesh": str(tmp_path / "box.obj"),
+                                      "shape.grid_resolution": 24, "shape.points": 128, **extra[representation]},
+                               ["export.mesh=false", "export.video=false", "train.preview_every=0",
+                                "train.ckpt_every=0"])
+
+    full = pipeline.generate(cfg(), tmp_path / "a")
+
+    def on_step(log):
+        if log.step + 1 == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.generate(cfg(), tmp_path / "b", on_step=on_step)
+    run_b = next(p for p in (tmp_path / "b").iterdir() if p.is_dir())
+    assert json.loads((run_b / "run.json").read_text())["status"] == "interrupted"
+    (tmp_path / "box.obj").unlink()  # the run folder's own copy of the guide is what resume reads
+    pipeline.generate(None, tmp_path / "b", resume=run_b)
+    wa, wb = (pipeline.load_run(r)[1].state_dict() for r in (full, run_b))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-6), k
+    losses = [json.loads(line).get("shape_loss") for line in (run_b / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 6 and all(v is not None for v in losses)
