@@ -184,3 +184,17 @@ def test_generate_runs_through_the_latent_prior(tmp_path, latent_folder, guidanc
     rows = [json.loads(line) for line in next((tmp_path / "run").rglob("metrics.jsonl")).read_text().splitlines()]
     assert rows and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows), rows
     assert run is not None
+
+
+def test_a_half_precision_copy_loads_and_predicts_like_the_original(latent_folder, tmp_path):
+    from dream3d.priors.prior_folder import copy_half
+
+    half = copy_half(latent_folder, tmp_path / "half")
+    size = lambda d: sum(f.stat().st_size for f in d.rglob("*.safetensors"))  # noqa: E731
+    assert size(half) < 0.6 * size(latent_folder)
+    a, b = (load_prior(str(d), device="cpu") for d in (latent_folder, half))
+    x, t = torch.randn(4, 4, 4, 4, generator=torch.Generator().manual_seed(1)), torch.full((4,), 300)
+    emb, pose = a.embed(["a red cube"] * 4), torch.randn(4, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ea, eb = a.predict_eps(x, t, emb, pose, n_views=4), b.predict_eps(x, t, emb, pose, n_views=4)
+    assert eb.dtype == torch.float32 and (ea - eb).abs().max() < 2e-2 * ea.abs().max()

@@ -177,3 +177,21 @@ def load_prior_components(path: Path, dtype: torch.dtype = torch.float32):
     return EmbeddedDiffusionModel(cfg, unet, text, tok, world, camera_encoder), sched, meta, codec
 
 
+
+
+def copy_half(src: Path, dst: Path) -> Path:
+    """Copy a prior folder with its float weights stored as float16 (half the size in the repository;
+    loading casts back to float32). Written to a temporary folder, then swapped in."""
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    for f in tmp.rglob("*.safetensors"):
+        tensors = load_file(f)
+        save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, f,
+                  metadata={"format": "pt"})
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+    return dst
