@@ -76,9 +76,9 @@ def test_grouped_training_saves_and_reloads_a_joint_prior(tmp_path, monkeypatch)
 
     seen, real = [], train_embedded.training_loss
 
-    def spy(model, ac, batch, cfg, gen, n_views=1):
+    def spy(model, ac, batch, cfg, gen, n_views=1, codec=None):
         seen.append((batch.images.shape[0], n_views))
-        return real(model, ac, batch, cfg, gen, n_views)
+        return real(model, ac, batch, cfg, gen, n_views, codec)
 
     monkeypatch.setattr(train_embedded, "training_loss", spy)
     folder = train_prior(_grouped_cfg(6), tmp_path / "run")
