@@ -7,7 +7,7 @@ A prior with joint views also draws, per fronted object and colour, n groups of 
 views 90 degrees apart from the front (the plain prompt; the cameras alone say the
 view), which should read front / side / back / side in the cameras' order.
 Bars: object >= 95%, colour >= 97%, view >= 80%, four views >= 90%. The classifier
-must know the world's words (the shipped one knows tiny-shapes).
+is the one shipped for the prior's world (`classifier_dir`) and must know its words.
 """
 from __future__ import annotations
 
