@@ -220,6 +220,35 @@ def test_frozen_geometry_is_reused_until_the_parameters_change():
     assert rep.render(cams, bg).alpha.sum() < 0.6 * first.alpha.sum()
 
 
+def test_topology_is_marched_once_per_sdf_and_renders_share_it_with_gradients(monkeypatch):
+    """A training step renders its cameras and `--image`'s reference view with the same SDF: the
+    tets are marched once, both renders still carry gradients, and a step whose update was skipped
+    (no write to the SDF) backpropagates again through fresh vertices."""
+    torch.manual_seed(0)
+    rep = DMTet(small_config())
+    marched = []
+    surface = rep.grid.surface
+    monkeypatch.setattr(rep.grid, "surface", lambda sdf: marched.append(1) or surface(sdf))
+    cams, bg = cameras(2), torch.full((2, 3), 0.5)
+    for _ in range(2):  # the second pass is a skipped step: same SDF version, graph freed by backward
+        a = rep.render(cams[:1], bg[:1])
+        b = rep.render(cams[1:], bg[1:])
+        rep.sdf.grad = None
+        (a.alpha.mean() + b.alpha.mean()).backward()
+        assert rep.sdf.grad is not None and rep.sdf.grad.abs().sum() > 0
+    assert len(marched) == 1
+    uncached = DMTet(small_config())
+    uncached.load_state_dict(rep.state_dict())
+    torch.testing.assert_close(uncached.render(cams, bg).alpha, rep.render(cams, bg).alpha)
+    with torch.no_grad():
+        rep.sdf.sub_(0.2)  # an optimizer step writes in place: the surface moves
+    grown = rep.render(cams, bg).alpha.sum()
+    assert len(marched) == 2 and grown > uncached.render(cams, bg).alpha.sum()
+    faces = rep.extract_mesh(0).faces
+    faces.zero_()  # an exporter editing its mesh in place leaves the representation's topology alone
+    torch.testing.assert_close(rep.render(cams, bg).alpha.sum(), grown)
+
+
 def test_texture_copied_from_a_nerf_reads_the_same_albedo():
     from dream3d.representations.hashgrid_nerf import HashGridNeRF, NeRFConfig
 

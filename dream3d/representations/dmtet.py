@@ -116,6 +116,7 @@ class DMTet(Representation):
         for p in self._texture_params():
             p.requires_grad_(not cfg.freeze_texture)
         self._frozen_surface: tuple | None = None
+        self._topology_cache: tuple | None = None
 
     # ------------------------------------------------------------ initialisation
     @torch.no_grad()
@@ -202,12 +203,24 @@ class DMTet(Representation):
     def _texture_params(self) -> list[nn.Parameter]:
         return list(self.albedo_field.parameters())  # encoding.table, then the MLP's
 
-    def mesh(self) -> tuple[Tensor, Tensor]:
-        """The current surface: vertices [M, 3] (differentiable in sdf and deform) and faces [F, 3]."""
+    def _topology(self) -> tuple[Tensor, Tensor, raster.MeshEdges]:
+        """Faces [F, 3], crossed grid edges [M, 2] and the faces' edges: they depend on the signs of
+        the SDF only, so they are kept until it is written to. A step renders twice with the same SDF
+        (its cameras, then `--image`'s reference view), and marching the tets is a third of a render."""
+        key = (self.sdf._version, self.sdf.data_ptr(), self.sdf.device)
+        if self._topology_cache is not None and self._topology_cache[0] == key:
+            return self._topology_cache[1]
         if self.grid.vertices.device != self.sdf.device:
             self.grid.to(self.sdf.device)
         with torch.no_grad():
             faces, edges = self.grid.surface(self.sdf)
+            topology = (faces, edges, raster.mesh_edges(faces, edges.shape[0]))
+        self._topology_cache = (key, topology)
+        return topology
+
+    def mesh(self) -> tuple[Tensor, Tensor]:
+        """The current surface: vertices [M, 3] (differentiable in sdf and deform) and faces [F, 3]."""
+        faces, edges, _ = self._topology()
         ends = edges.t().reshape(-1)  # both endpoints: [2 M]
         scale = self.cfg.max_deform * self.grid.cell_size
         offset = scale * torch.tanh(self.deform.index_select(0, ends))
@@ -224,7 +237,7 @@ class DMTet(Representation):
         if self.cfg.freeze_geometry and self._frozen_surface is not None and self._frozen_surface[0] == key:
             return self._frozen_surface[1]
         verts, faces = self.mesh()
-        surface = (verts, faces, raster.mesh_edges(faces, verts.shape[0]), face_normals(verts, faces, unit=False))
+        surface = (verts, faces, self._topology()[2], face_normals(verts, faces, unit=False))
         if self.cfg.freeze_geometry:
             self._frozen_surface = (key, surface)
         return surface
@@ -324,4 +337,4 @@ class DMTet(Representation):
         if faces.shape[0] == 0:
             raise UserError("the DMTet surface is empty (the signed distance has no zero crossing): there is no mesh to export")
         colours = torch.cat([self.albedo(v) for v in verts.split(CHUNK)])
-        return Mesh(verts.cpu(), faces.cpu(), colours.clamp(0.0, 1.0).cpu())
+        return Mesh(verts.cpu(), faces.clone().cpu(), colours.clamp(0.0, 1.0).cpu())  # faces: not the cached topology
