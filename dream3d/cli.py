@@ -1,9 +1,16 @@
 """The `dream3d` command line."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
+
+if "torch" not in sys.modules:
+    # OpenMP reads this once, as torch loads: idle threads sleep instead of spinning. On our shared
+    # 2 cores a spinning second thread made `generate --image` cost 5x the CPU time of one thread
+    # (README, Image to 3D); `prior train`'s ThreadTuner reads it too.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import typer
 import typer.core
