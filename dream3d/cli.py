@@ -285,6 +285,8 @@ def prior_train(
                               "(10 colours x 12 objects) or toy-world (14 x 41)."),
     latent: bool = typer.Option(False, "--latent", help="Train a small VAE first, then a 64x64 prior in its latent "
                                 "space (a StableDiffusionPipeline folder); off: the 32x32 pixel prior."),
+    decoder_steps: int = typer.Option(0, help="With --latent: decoder-only VAE steps (sharper decodes, the same "
+                                      "latents), run before the diffusion model goes on."),
 ) -> None:
     """Train the embedded prior on procedural renders (resumable: Ctrl-C and run again)."""
     if "torch" not in sys.modules:
@@ -299,8 +301,8 @@ def prior_train(
     from dream3d.priors.worlds import get_world
     from dream3d.procedural.dataset import shard_path, world_root, write_shard
 
-    if steps <= 0 or batch_size <= 0 or shards <= 0:
-        raise UserError("--steps, --batch-size and --shards must be positive")
+    if steps <= 0 or batch_size <= 0 or shards <= 0 or decoder_steps < 0:
+        raise UserError("--steps, --batch-size and --shards must be positive, --decoder-steps at least 0")
     if not 0.0 <= suffix_prob <= 1.0:
         raise UserError(f"--suffix-prob must be in [0, 1], got {suffix_prob}")
     if views < 1 or batch_size % views or not 0.0 <= single_view_fraction <= 1.0:
@@ -308,7 +310,8 @@ def prior_train(
                         f"--single-view-fraction must be in [0, 1]; got {views} and {single_view_fraction}")
     the_world = get_world(world)
     cfg = PriorTrainConfig(steps=steps, batch_size=batch_size, seed=seed, suffix_prob=suffix_prob, views=views,
-                           single_view_fraction=single_view_fraction, world=world, latent=latent)
+                           single_view_fraction=single_view_fraction, world=world, latent=latent,
+                           decoder_steps=decoder_steps)
     res, root = cfg.model.resolution, world_root(None, the_world)
     todo = [partial(write_shard, i, 2048, res, world=the_world) for i in range(shards)
             if views == 1 and not shard_path(i, res, root).exists()]

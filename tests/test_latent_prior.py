@@ -166,6 +166,11 @@ def test_tiny_latent_training_run_writes_a_pipeline_folder(tmp_path):
     prior = load_prior(str(folder), device="cpu")
     assert prior.world.name == "toy-world" and prior.joint_views
     assert PriorTrainConfig(latent=True).model.latent_channels == 4  # --latent picks the latent architecture
+    # going on with decoder steps refines the decoder once, then trains on (same latents, same folder)
+    more = dataclasses.replace(cfg, steps=3, decoder_steps=2)
+    train_prior(more, tmp_path, resume=True)
+    assert json.loads((tmp_path / "vae" / "training.json").read_text())["decoder_steps"] == 2
+    assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["step"] == 3
     from dream3d.errors import UserError
 
     with pytest.raises(UserError, match="latent"):
@@ -198,3 +203,24 @@ def test_a_half_precision_copy_loads_and_predicts_like_the_original(latent_folde
     with torch.no_grad():
         ea, eb = a.predict_eps(x, t, emb, pose, n_views=4), b.predict_eps(x, t, emb, pose, n_views=4)
     assert eb.dtype == torch.float32 and (ea - eb).abs().max() < 2e-2 * ea.abs().max()
+
+
+def test_refining_the_decoder_keeps_the_latents_and_sharpens(tmp_path):
+    from diffusers import AutoencoderKL
+
+    from dream3d.priors.autoencoder import refine_decoder
+
+    held = random_images(4, torch.Generator().manual_seed(5))
+    fixed = lambda n, gen: held[:n]  # noqa: E731 - the same images every step: the decoder must fit them
+    folder = train_autoencoder(TINY_VAE, tmp_path, fixed, held, log=lambda m: None)
+    before = LatentCodec(AutoencoderKL.from_pretrained(folder), 16)
+    with torch.no_grad():
+        z_before = before.encode(held)
+    refine_decoder(dataclasses.replace(TINY_VAE, lr=1e-2), tmp_path, 30, fixed, held, log=lambda m: None)
+    after = LatentCodec(AutoencoderKL.from_pretrained(folder), 16)
+    info = json.loads((folder / "training.json").read_text())
+    with torch.no_grad():
+        assert torch.equal(after.encode(held), z_before)  # the latent space is unchanged
+    assert after.scaling_factor == before.scaling_factor
+    assert info["decoder_steps"] == 30 and info["held_out_psnr_db"] > info["encoder_psnr_db"]
+    assert refine_decoder(TINY_VAE, tmp_path, 30, fixed, held) == folder  # done already: nothing to do

@@ -82,8 +82,9 @@ def autoencoder_loss(vae, x: Tensor, kl_weight: float, gen: torch.Generator) -> 
     return l1 + kl_weight * kl, l1
 
 
-def _save_checkpoint(out_dir: Path, step: int, vae, opt, gen: torch.Generator, cfg: AutoencoderConfig) -> None:
-    tmp, final, old = out_dir / "vae-checkpoint.tmp", out_dir / "vae-checkpoint", out_dir / "vae-checkpoint.old"
+def _save_checkpoint(out_dir: Path, step: int, vae, opt, gen: torch.Generator, cfg: AutoencoderConfig,
+                     name: str = "vae-checkpoint") -> None:
+    tmp, final, old = out_dir / f"{name}.tmp", out_dir / name, out_dir / f"{name}.old"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.detach().contiguous() for k, v in vae.state_dict().items()}, tmp / "model.safetensors")
@@ -97,9 +98,10 @@ def _save_checkpoint(out_dir: Path, step: int, vae, opt, gen: torch.Generator, c
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_checkpoint(out_dir: Path, vae, opt, gen: torch.Generator, cfg: AutoencoderConfig) -> int:
-    for name in ("vae-checkpoint", "vae-checkpoint.old"):
-        d = out_dir / name
+def _load_checkpoint(out_dir: Path, vae, opt, gen: torch.Generator, cfg: AutoencoderConfig,
+                     name: str = "vae-checkpoint") -> int:
+    for folder in (name, f"{name}.old"):
+        d = out_dir / folder
         if (d / "state.json").exists():
             state = json.loads((d / "state.json").read_text())
             saved = {k: v for k, v in state["config"].items() if k in ("block_out_channels", "latent_channels",
@@ -161,14 +163,68 @@ def train_autoencoder(cfg: AutoencoderConfig, out_dir: Path, sample_images: Call
     vae.eval()
     vae.register_to_config(scaling_factor=1.0 / latent_std(vae, held_out))
     psnr = reconstruction_psnr(LatentCodec(vae, cfg.resolution), held_out)
-    tmp, final = out_dir / "vae.tmp", out_dir / "vae"
-    shutil.rmtree(tmp, ignore_errors=True)
-    vae.save_pretrained(tmp)
-    (tmp / "training.json").write_text(json.dumps({"steps": step, "held_out_psnr_db": psnr,
-                                                   "held_out_images": int(held_out.shape[0]),
-                                                   "config": asdict(cfg)}, indent=2))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    final = _write_vae(out_dir, vae, {"steps": step, "held_out_psnr_db": psnr, "held_out_images": int(held_out.shape[0]),
+                                      "config": asdict(cfg)})
     log(f"autoencoder done: {step} steps, held-out PSNR {psnr:.2f} dB, scaling factor "
         f"{vae.config.scaling_factor:.4f}")
     return final
+
+
+def _write_vae(out_dir: Path, vae, info: dict) -> Path:
+    """Swap `out_dir/vae/` in atomically: the weights and `training.json` (`info`)."""
+    tmp, final = out_dir / "vae.tmp", out_dir / "vae"
+    shutil.rmtree(tmp, ignore_errors=True)
+    vae.save_pretrained(tmp)
+    (tmp / "training.json").write_text(json.dumps(info, indent=2))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def refine_decoder(cfg: AutoencoderConfig, out_dir: Path, steps: int,
+                   sample_images: Callable[[int, torch.Generator], Tensor], held_out: Tensor, resume: bool = False,
+                   log: Callable[[str], None] = print, stop=None) -> Path | None:
+    """Train the decoder of `out_dir/vae/` alone for `steps` more steps, on L1 of decode(posterior mean),
+    the latents a diffusion model sees. The encoder and scaling factor stay as they are, so the latent
+    space (and a diffusion model already learning it) is unchanged. Rewrites `out_dir/vae/`; returns it,
+    or None when `stop` ended the run early (checkpointed, resumable)."""
+    from diffusers import AutoencoderKL
+
+    out_dir = Path(out_dir)
+    info = json.loads((out_dir / "vae" / "training.json").read_text())
+    if info.get("decoder_steps", 0) >= steps:
+        return out_dir / "vae"
+    vae = AutoencoderKL.from_pretrained(out_dir / "vae", local_files_only=True)
+    vae.encoder.requires_grad_(False)
+    vae.quant_conv.requires_grad_(False)
+    params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    opt = torch.optim.Adam(params, lr=cfg.lr * 0.3)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    name = "decoder-checkpoint"
+    step = _load_checkpoint(out_dir, vae, opt, gen, cfg, name) if resume else 0
+    codec = LatentCodec(vae, cfg.resolution)
+    last, l1s = time.time(), []
+    while step < steps and not (stop is not None and stop.requested):
+        x = sample_images(cfg.batch_size, gen).permute(0, 3, 1, 2) * 2 - 1
+        with torch.no_grad():
+            z = codec.encode_pixels(x)
+        l1 = (codec.decode_pixels(z) - x).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        l1.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        l1s.append(l1.item())
+        if step % cfg.log_steps == 0:
+            log(f"decoder step {step}/{steps} L1 {np.mean(l1s[-cfg.log_steps:]):.4f}")
+        if time.time() - last > cfg.checkpoint_seconds:
+            _save_checkpoint(out_dir, step, vae, opt, gen, cfg, name)
+            last = time.time()
+    _save_checkpoint(out_dir, step, vae, opt, gen, cfg, name)
+    if step < steps:
+        return None
+    vae.eval()
+    psnr = reconstruction_psnr(codec, held_out)
+    log(f"decoder refined: {steps} steps, held-out PSNR {info['held_out_psnr_db']:.2f} -> {psnr:.2f} dB")
+    return _write_vae(out_dir, vae, {**info, "decoder_steps": steps, "encoder_psnr_db": info["held_out_psnr_db"],
+                                     "held_out_psnr_db": psnr})

@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dream3d.errors import UserError
-from dream3d.priors.autoencoder import AutoencoderConfig, train_autoencoder
+from dream3d.priors.autoencoder import AutoencoderConfig, refine_decoder, train_autoencoder
 from dream3d.priors.codec import LatentCodec
 from dream3d.priors.worlds import DEFAULT_WORLD, World, get_world
 from dream3d.priors.embedded_model import EmbeddedDiffusionModel, EmbeddedModelConfig, build_scheduler, parameter_count
@@ -107,6 +107,8 @@ class PriorTrainConfig:
     """Train a VAE first (`autoencoder`), then the diffusion model in its latent space (`model` must be latent)."""
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     """The VAE of a latent run (its resolution must be the model's)."""
+    decoder_steps: int = 0
+    """With `latent`: steps of decoder-only training after the VAE's own (sharper decodes, same latents)."""
 
     def __post_init__(self):
         if self.latent and not self.model.latent_channels:
@@ -350,22 +352,32 @@ def _trained_codec(cfg: PriorTrainConfig, out_dir: Path, pool: ShardPool | None,
     on single images of the shards (or fresh renders), measured on 256 renders of its own seed."""
     from diffusers import AutoencoderKL
 
-    folder = out_dir / "vae"
-    if not (folder / "config.json").exists():
-        res = cfg.autoencoder.resolution
+    folder, res = out_dir / "vae", cfg.autoencoder.resolution
 
-        def images(n: int, gen: torch.Generator) -> torch.Tensor:
-            if pool is not None and len(pool):
-                return pool.sample_views(n, gen).images  # mirrored half the time
-            return make_labeled_batch(n, res, generator=gen, world=world).images
+    def images(n: int, gen: torch.Generator) -> torch.Tensor:
+        if pool is not None and len(pool):
+            return pool.sample_views(n, gen).images  # mirrored half the time
+        return make_labeled_batch(n, res, generator=gen, world=world).images
 
-        held_out = make_labeled_batch(256, res, seed=987_654, world=world).images
-        log(f"training the autoencoder first ({cfg.autoencoder.steps} steps; held out: 256 fresh renders)")
-        with graceful_stop() as stop:
-            done = train_autoencoder(cfg.autoencoder, out_dir, images, held_out, resume=resume, log=log, stop=stop)
+    def held_out() -> torch.Tensor:
+        return make_labeled_batch(256, res, seed=987_654, world=world).images
+
+    def finished(done: Path | None, stop) -> None:
         if done is None:
             log(f"stopped by {stop.signal_name}; the autoencoder's checkpoint is written, run again to continue")
             raise KeyboardInterrupt
+
+    if not (folder / "config.json").exists():
+        log(f"training the autoencoder first ({cfg.autoencoder.steps} steps; held out: 256 fresh renders)")
+        with graceful_stop() as stop:
+            finished(train_autoencoder(cfg.autoencoder, out_dir, images, held_out(), resume=resume, log=log,
+                                       stop=stop), stop)
+    if cfg.decoder_steps and json.loads((folder / "training.json").read_text()).get("decoder_steps", 0) < \
+            cfg.decoder_steps:
+        log(f"refining the decoder ({cfg.decoder_steps} steps; the latents stay as they are)")
+        with graceful_stop() as stop:
+            finished(refine_decoder(cfg.autoencoder, out_dir, cfg.decoder_steps, images, held_out(), resume=resume,
+                                    log=log, stop=stop), stop)
     vae = AutoencoderKL.from_pretrained(folder, local_files_only=True)
     vae.eval().requires_grad_(False)
     return LatentCodec(vae, cfg.model.resolution)
