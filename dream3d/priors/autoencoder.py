@@ -22,11 +22,12 @@ from typing import Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from dream3d.errors import UserError
 from dream3d.priors.codec import LatentCodec, reconstruction_psnr
+from dream3d.priors.training_aids import write_checkpoint
 
 
 @dataclass
@@ -84,18 +85,8 @@ def autoencoder_loss(vae, x: Tensor, kl_weight: float, gen: torch.Generator) -> 
 
 def _save_checkpoint(out_dir: Path, step: int, vae, opt, gen: torch.Generator, cfg: AutoencoderConfig,
                      name: str = "vae-checkpoint") -> None:
-    tmp, final, old = out_dir / f"{name}.tmp", out_dir / name, out_dir / f"{name}.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous() for k, v in vae.state_dict().items()}, tmp / "model.safetensors")
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    state = {"step": step, "rng": gen.get_state().tolist(), "config": asdict(cfg), "time": time.time()}
-    (tmp / "state.json").write_text(json.dumps(state))
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    write_checkpoint(out_dir, name, {"model.safetensors": vae.state_dict()}, opt, {"step": step, "config": asdict(cfg)},
+                     gen)
 
 
 def _load_checkpoint(out_dir: Path, vae, opt, gen: torch.Generator, cfg: AutoencoderConfig,

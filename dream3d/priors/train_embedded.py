@@ -39,7 +39,7 @@ from dream3d.priors.codec import LatentCodec
 from dream3d.priors.worlds import DEFAULT_WORLD, World, get_world
 from dream3d.priors.embedded_model import EmbeddedDiffusionModel, EmbeddedModelConfig, build_scheduler, parameter_count
 from dream3d.priors.prior_folder import PriorCard, save_prior
-from dream3d.priors.training_aids import EMA, ThreadTuner, progress_bar, write_sample_grid
+from dream3d.priors.training_aids import EMA, ThreadTuner, progress_bar, write_checkpoint, write_sample_grid
 from dream3d.procedural.dataset import DATA_VERSION, LabeledBatch, ShardPool, make_labeled_batch
 from dream3d.procedural.groups import GroupShardPool, make_group_batch
 from dream3d.training.stop import graceful_stop
@@ -172,19 +172,8 @@ def training_loss(model: EmbeddedDiffusionModel, alphas_cumprod: torch.Tensor, b
 
 def _save_checkpoint(out_dir: Path, step: int, model, ema: EMA, opt, gen: torch.Generator, cfg: PriorTrainConfig):
     """Write `checkpoint/` atomically: fill a temporary directory, then swap it in."""
-    tmp, final, old = out_dir / "checkpoint.tmp", out_dir / "checkpoint", out_dir / "checkpoint.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-    save_file({k: v.contiguous() for k, v in ema.shadow.items()}, tmp / "ema.safetensors")
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    state = {"step": step, "rng": gen.get_state().tolist(), "config": asdict(cfg), "time": time.time()}
-    (tmp / "state.json").write_text(json.dumps(state))
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    write_checkpoint(out_dir, "checkpoint", {"model.safetensors": model.state_dict(), "ema.safetensors": ema.shadow},
+                     opt, {"step": step, "config": asdict(cfg)}, gen)
 
 
 def _load_checkpoint(out_dir: Path, model, ema: EMA, opt, gen: torch.Generator) -> int:

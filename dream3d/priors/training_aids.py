@@ -2,18 +2,42 @@
 the periodic sample grid and the progress bar (`train_embedded` holds the loop)."""
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from safetensors.torch import save_file
 
 from dream3d.cameras import orbit_cameras
 from dream3d.priors import vocab
 from dream3d.priors.codec import LatentCodec
 from dream3d.priors.embedded_model import SAMPLE_GUIDANCE_SCALE, ddim_sample
 from dream3d.priors.worlds import DEFAULT_WORLD, World, get_world
+
+
+def write_checkpoint(out_dir: Path, name: str, weights: dict[str, dict], opt, state: dict,
+                     gen: torch.Generator) -> None:
+    """Write `out_dir/name/` atomically: fill `name.tmp`, then swap it in (the previous one kept as
+    `name.old` until the swap is done). `weights` maps file names to tensors (safetensors); `state`
+    (step, config) goes to state.json with the generator's state and the time."""
+    tmp, final, old = out_dir / f"{name}.tmp", out_dir / name, out_dir / f"{name}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for file, tensors in weights.items():
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, tmp / file)
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({**state, "rng": gen.get_state().tolist(), "time": time.time()}))
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 class EMA:
