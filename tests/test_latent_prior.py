@@ -224,3 +224,24 @@ def test_refining_the_decoder_keeps_the_latents_and_sharpens(tmp_path):
     assert after.scaling_factor == before.scaling_factor
     assert info["decoder_steps"] == 30 and info["held_out_psnr_db"] > info["encoder_psnr_db"]
     assert refine_decoder(TINY_VAE, tmp_path, 30, fixed, held) == folder  # done already: nothing to do
+
+
+def test_prior_train_cli_passes_the_latent_mode(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from dream3d import cli
+    from dream3d.priors import train_embedded
+    from dream3d.procedural import groups
+
+    got = {}
+    monkeypatch.setattr(train_embedded, "train_prior", lambda cfg, out, resume=True: got.setdefault("cfg", cfg) and out)
+    monkeypatch.setattr(groups, "group_shard_path", lambda i, res, views, root=None: tmp_path)  # all present
+    args = ["prior", "train", "--out", str(tmp_path / "o"), "--world", "toy-world", "--views", "4", "--latent",
+            "--decoder-steps", "300", "--shards", "2", "--steps", "5"]
+    res = CliRunner().invoke(cli.app, args)
+    assert res.exit_code == 0, res.output
+    cfg = got["cfg"]
+    assert cfg.latent and cfg.decoder_steps == 300 and cfg.model.latent_channels == 4 and cfg.model.joint_views
+    assert cfg.model.resolution == 64 and cfg.autoencoder.resolution == 64 and cfg.world == "toy-world"
+    res = CliRunner().invoke(cli.app, [*args[:-2], "--steps", "5", "--decoder-steps", "-1"])
+    assert res.exit_code != 0 and "--decoder-steps" in str(res.exception)
