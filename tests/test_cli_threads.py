@@ -9,7 +9,7 @@ import sys
 
 
 def test_threads_sleep_only_on_a_busy_machine():
-    from dream3d.cli import busy_cores, idle_thread_policy
+    from dream3d.threads import busy_cores, idle_thread_policy
 
     assert 0.0 <= busy_cores(0.05) <= (os.cpu_count() or 1) + 1e-6
     assert idle_thread_policy(0.3, 2) is None  # idle: OpenMP's spinning default
@@ -25,7 +25,7 @@ def test_a_given_wait_policy_is_kept():
 
 
 def test_a_busy_machine_gets_sleeping_threads(monkeypatch):
-    from dream3d.cli import set_wait_policy
+    from dream3d.threads import set_wait_policy
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     env = {}
