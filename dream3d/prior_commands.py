@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from dream3d.errors import UserError
+from dream3d.priors.paths import DEFAULT_EMBEDDED
 
 console = Console(stderr=True)
 
@@ -101,7 +102,7 @@ def prior_sample(
 
     if n <= 0 or steps <= 0:
         raise UserError("--n and --steps must be positive")
-    prior = load_prior(str(model) if model else "tiny-shapes", device="cpu")
+    prior = load_prior(str(model) if model else DEFAULT_EMBEDDED, device="cpu")
     if not hasattr(prior, "sample"):
         raise UserError(f"{model} is not an embedded prior; `prior sample` samples dream3d's own priors")
     images = prior.sample([prompt], n=n, guidance_scale=guidance_scale, steps=steps, seed=seed,
@@ -128,7 +129,7 @@ def prior_eval(
 
     if n <= 0:
         raise UserError(f"--n must be positive, got {n}")
-    prior = load_prior(str(model) if model else "tiny-shapes", device="cpu")
+    prior = load_prior(str(model) if model else DEFAULT_EMBEDDED, device="cpu")
     if not hasattr(prior, "sample"):
         raise UserError(f"{model} is not an embedded prior; `prior eval` measures dream3d's own priors")
     result = measure_prior(prior, n=n, guidance_scale=guidance_scale, view_guidance_scale=view_guidance_scale)
