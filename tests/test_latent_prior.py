@@ -19,8 +19,8 @@ from dream3d.priors.train_embedded import PriorTrainConfig, train_prior
 
 torch.set_num_threads(1)
 
-TINY_VAE = AutoencoderConfig(resolution=16, block_out_channels=(8, 8, 8), layers_per_block=1, norm_num_groups=4,
-                             steps=4, batch_size=2, log_steps=1000)
+TINY_VAE = AutoencoderConfig(resolution=16, block_out_channels=(8, 8, 8), latent_channels=4, layers_per_block=1,
+                             norm_num_groups=4, steps=4, batch_size=2, log_steps=1000)
 TINY_LATENT = EmbeddedModelConfig(resolution=16, block_out_channels=(8, 16, 16), attention_levels=(False, True, True),
                                   self_attention_levels=(False, True, True), layers_per_block=1, norm_num_groups=4,
                                   attention_head_dim=8, text_hidden_size=16, text_heads=2, text_layers=1,
@@ -52,6 +52,54 @@ def test_autoencoder_loss_is_l1_plus_weighted_kl():
     normal = torch.distributions.Normal(post.mean, post.std)
     kl = torch.distributions.kl_divergence(normal, torch.distributions.Normal(0.0, 1.0)).sum(dim=(1, 2, 3)).mean()
     assert torch.allclose(loss, l1 + 0.25 * kl, rtol=1e-5)
+
+
+def test_foreground_mask_marks_what_differs_from_the_corner():
+    from dream3d.priors.autoencoder import foreground_mask
+
+    x = torch.full((1, 3, 6, 6), 0.4)
+    x[0, 0, 2:4, 1:3] = 0.9  # red differs by 0.5
+    x[0, 2, 5, 5] = 0.42  # by 0.02: below the threshold, still background
+    want = torch.zeros(1, 1, 6, 6)
+    want[0, 0, 2:4, 1:3] = 1
+    assert torch.equal(foreground_mask(x), want)
+
+
+def test_reconstruction_loss_weighs_the_object_and_its_cell_colours():
+    from dream3d.priors.autoencoder import reconstruction_loss
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.full((2, 3, 8, 8), -0.2)
+    x[:, :, 2:6, 3:7] = torch.rand(2, 3, 4, 4, generator=g)  # far from -0.2 everywhere
+    recon = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1
+    w = torch.ones(2, 1, 8, 8)
+    w[:, :, 2:6, 3:7] = 10.0
+    pixels = sum(float(abs(recon[b, c, i, j] - x[b, c, i, j]) * w[b, 0, i, j])
+                 for b in range(2) for c in range(3) for i in range(8) for j in range(8)) / (3 * float(w.sum()))
+    cell = lambda t, b, c, i, j: t[b, c, 4 * i:4 * i + 4, 4 * j:4 * j + 4].mean()  # noqa: E731
+    wc = lambda b, i, j: w[b, 0, 4 * i:4 * i + 4, 4 * j:4 * j + 4].mean()  # noqa: E731
+    cells = sum(float(abs(cell(recon, b, c, i, j) - cell(x, b, c, i, j)) * wc(b, i, j))
+                for b in range(2) for c in range(3) for i in range(2) for j in range(2))
+    cells /= 3 * sum(float(wc(b, i, j)) for b in range(2) for i in range(2) for j in range(2))
+    got = reconstruction_loss(recon, x, 10.0, 0.5, 4)
+    assert abs(float(got) - (pixels + 0.5 * cells)) < 1e-5
+    assert abs(float(reconstruction_loss(recon, x, 1.0, 0.0, 4)) - float((recon - x).abs().mean())) < 1e-6
+
+
+def test_foreground_psnr_is_measured_on_the_object_alone():
+    from dream3d.priors.autoencoder import foreground_psnr
+
+    class Shift:  # a codec whose round trip adds 0.1 to the object pixels and 0.3 to the background
+        def encode(self, images):
+            return images
+
+        def decode(self, x):
+            obj = (x - x[:, :1, :1, :]).abs().amax(-1, keepdim=True) > 0.02
+            return x + torch.where(obj, 0.1, 0.3)
+
+    images = torch.full((3, 8, 8, 3), 0.5)
+    images[:, 2:5, 2:5, 0] = 0.9
+    assert abs(foreground_psnr(Shift(), images) - 20.0) < 1e-4  # -10 log10(0.1^2)
 
 
 class StopAfter:
@@ -165,7 +213,7 @@ def test_tiny_latent_training_run_writes_a_pipeline_folder(tmp_path):
     assert json.loads((folder / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
     prior = load_prior(str(folder), device="cpu")
     assert prior.world.name == "toy-world" and prior.joint_views
-    assert PriorTrainConfig(latent=True).model.latent_channels == 4  # --latent picks the latent architecture
+    assert PriorTrainConfig(latent=True).model.latent_channels == AutoencoderConfig().latent_channels == 8  # --latent: the latent architecture
     # going on with decoder steps refines the decoder once, then trains on (same latents, same folder)
     more = dataclasses.replace(cfg, steps=3, decoder_steps=2)
     train_prior(more, tmp_path, resume=True)
@@ -241,7 +289,7 @@ def test_prior_train_cli_passes_the_latent_mode(monkeypatch, tmp_path):
     res = CliRunner().invoke(cli.app, args)
     assert res.exit_code == 0, res.output
     cfg = got["cfg"]
-    assert cfg.latent and cfg.decoder_steps == 300 and cfg.model.latent_channels == 4 and cfg.model.joint_views
+    assert cfg.latent and cfg.decoder_steps == 300 and cfg.model.latent_channels == 8 and cfg.model.joint_views
     assert cfg.model.resolution == 64 and cfg.autoencoder.resolution == 64 and cfg.world == "toy-world"
     res = CliRunner().invoke(cli.app, [*args[:-2], "--steps", "5", "--decoder-steps", "-1"])
     assert res.exit_code != 0 and "--decoder-steps" in str(res.exception)

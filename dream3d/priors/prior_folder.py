@@ -60,6 +60,9 @@ def save_prior(model: EmbeddedDiffusionModel, scheduler, out_dir: Path, card: Pr
     A latent model (`latent_channels` > 0) needs its `vae`."""
     if bool(model.cfg.latent_channels) != (vae is not None):
         raise ValueError("a latent prior is saved with its VAE, a pixel prior without one")
+    if vae is not None and int(vae.config.latent_channels) != model.cfg.latent_channels:
+        raise ValueError(f"the VAE has {vae.config.latent_channels} latent channels, the model "
+                         f"{model.cfg.latent_channels}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     card = card or PriorCard()

@@ -46,12 +46,13 @@ from dream3d.training.stop import graceful_stop
 
 
 def latent_model_config() -> EmbeddedModelConfig:
-    """The latent prior: 64x64 renders as 4 x 16 x 16 latents, attention (and joint views) at 8x8 and 4x4,
+    """The latent prior: 64x64 renders as 8 x 16 x 16 latents (the default VAE's), attention (and joint views) at 8x8 and 4x4,
     the camera as one cross-attention token. A training step costs about what one of the 32x32 pixel
     prior did, where a 64x64 pixel UNet of like depth costs about three times as much (README, Priors)."""
     return EmbeddedModelConfig(resolution=64, block_out_channels=(64, 128, 192), attention_levels=(False, True, True),
                                self_attention_levels=(False, True, True), layers_per_block=1, norm_num_groups=16,
-                               attention_head_dim=32, latent_channels=4, latent_factor=4, camera_tokens=1)
+                               attention_head_dim=32, latent_channels=AutoencoderConfig.latent_channels,
+                               latent_factor=4, camera_tokens=1)
 
 
 @dataclass
@@ -251,6 +252,9 @@ def train_prior(cfg: PriorTrainConfig, out_dir: Path, resume: bool = False,
         raise UserError(f"single_view_fraction must be in [0, 1], got {cfg.single_view_fraction}")
     if cfg.latent != bool(cfg.model.latent_channels):
         raise UserError("a latent run needs a latent model (latent_channels > 0) and a pixel run a pixel model")
+    if cfg.latent and cfg.model.latent_channels != cfg.autoencoder.latent_channels:
+        raise UserError(f"the diffusion model has {cfg.model.latent_channels} latent channels and the VAE "
+                        f"{cfg.autoencoder.latent_channels}; they must agree")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tuner = ThreadTuner(cfg.threads)
