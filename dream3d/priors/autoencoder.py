@@ -224,8 +224,8 @@ def refine_decoder(cfg: AutoencoderConfig, out_dir: Path, steps: int,
                    sample_images: Callable[[int, torch.Generator], Tensor], held_out: Tensor, resume: bool = False,
                    log: Callable[[str], None] = print, stop=None) -> Path | None:
     """Train the decoder of `out_dir/vae/` alone for `steps` more steps, on the reconstruction loss of
-    decode(posterior mean), the latents a diffusion model sees. The encoder and scaling factor stay as they are, so the latent
-    space (and a diffusion model already learning it) is unchanged. Rewrites `out_dir/vae/`; returns it,
+    decode(posterior mean), the latents a diffusion model sees. The encoder and scaling factor stay as
+    they are, so the latent space (and a diffusion model already learning it) is unchanged. Rewrites `out_dir/vae/`; returns it,
     or None when `stop` ended the run early (checkpointed, resumable)."""
     from diffusers import AutoencoderKL
 
