@@ -35,6 +35,9 @@ def prior_train(
                                 "space (a StableDiffusionPipeline folder); off: the 32x32 pixel prior."),
     decoder_steps: int = typer.Option(0, help="With --latent: decoder-only VAE steps (sharper decodes, the same "
                                       "latents), run before the diffusion model goes on."),
+    lr: float = typer.Option(2e-4, help="AdamW learning rate after warm-up."),
+    init_from: Optional[Path] = typer.Option(None, help="A prior folder (e.g. an exported prior/) to warm-start a new "
+                                             "run from: its weights, EMA and step count, a fresh optimizer."),
 ) -> None:
     """Train the embedded prior on procedural renders (resumable: Ctrl-C and run again)."""
     if "torch" not in sys.modules:
@@ -49,8 +52,10 @@ def prior_train(
     from dream3d.priors.worlds import get_world
     from dream3d.procedural.dataset import shard_path, world_root, write_shard
 
-    if steps <= 0 or batch_size <= 0 or shards <= 0 or decoder_steps < 0:
-        raise UserError("--steps, --batch-size and --shards must be positive, --decoder-steps at least 0")
+    if steps <= 0 or batch_size <= 0 or shards <= 0 or decoder_steps < 0 or lr <= 0:
+        raise UserError("--steps, --batch-size, --shards and --lr must be positive, --decoder-steps at least 0")
+    if init_from is not None and not (init_from / "prior.json").is_file():
+        raise UserError(f"--init-from {init_from}: not a prior folder (it has no prior.json)")
     if not 0.0 <= suffix_prob <= 1.0:
         raise UserError(f"--suffix-prob must be in [0, 1], got {suffix_prob}")
     if views < 1 or batch_size % views or not 0.0 <= single_view_fraction <= 1.0:
@@ -59,7 +64,8 @@ def prior_train(
     the_world = get_world(world)
     cfg = PriorTrainConfig(steps=steps, batch_size=batch_size, seed=seed, suffix_prob=suffix_prob, views=views,
                            single_view_fraction=single_view_fraction, world=world, latent=latent,
-                           decoder_steps=decoder_steps)
+                           decoder_steps=decoder_steps, lr=lr,
+                           init_from=str(init_from) if init_from is not None else None)
     res, root = cfg.model.resolution, world_root(None, the_world)
     todo = [partial(write_shard, i, 2048, res, world=the_world) for i in range(shards)
             if views == 1 and not shard_path(i, res, root).exists()]

@@ -110,6 +110,8 @@ class PriorTrainConfig:
     """The VAE of a latent run (its resolution must be the model's)."""
     decoder_steps: int = 0
     """With `latent`: steps of decoder-only training after the VAE's own (sharper decodes, same latents)."""
+    init_from: str | None = None
+    """A prior folder to warm-start a new run from (`warm_start`); ignored when the run has a checkpoint."""
 
     def __post_init__(self):
         if self.latent and not self.model.latent_channels:
@@ -171,14 +173,16 @@ def training_loss(model: EmbeddedDiffusionModel, alphas_cumprod: torch.Tensor, b
 # ---------------------------------------------------------------------------- checkpoints
 
 
-def _save_checkpoint(out_dir: Path, step: int, model, ema: EMA, opt, gen: torch.Generator, cfg: PriorTrainConfig):
+def _save_checkpoint(out_dir: Path, step: int, model, ema: EMA, opt, gen: torch.Generator, cfg: PriorTrainConfig,
+                     start_step: int = 0):
     """Write `checkpoint/` atomically: fill a temporary directory, then swap it in."""
     write_checkpoint(out_dir, "checkpoint", {"model.safetensors": model.state_dict(), "ema.safetensors": ema.shadow},
-                     opt, {"step": step, "config": asdict(cfg)}, gen)
+                     opt, {"step": step, "start_step": start_step, "config": asdict(cfg)}, gen)
 
 
-def _load_checkpoint(out_dir: Path, model, ema: EMA, opt, gen: torch.Generator) -> int:
-    """Restore the newest complete checkpoint; returns its step (0 if none)."""
+def _load_checkpoint(out_dir: Path, model, ema: EMA, opt, gen: torch.Generator) -> tuple[int, int]:
+    """Restore the newest complete checkpoint; returns its step and the step the run started at
+    (not 0 for a warm-started run); (0, 0) if there is none."""
     for name in ("checkpoint", "checkpoint.old"):
         d = out_dir / name
         if (d / "state.json").exists():
@@ -187,8 +191,8 @@ def _load_checkpoint(out_dir: Path, model, ema: EMA, opt, gen: torch.Generator) 
             opt.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True))
             state = json.loads((d / "state.json").read_text())
             gen.set_state(torch.tensor(state["rng"], dtype=torch.uint8))
-            return int(state["step"])
-    return 0
+            return int(state["step"]), int(state.get("start_step", 0))
+    return 0, 0
 
 
 def _check_same_architecture(out_dir: Path, cfg: PriorTrainConfig) -> None:
@@ -267,7 +271,13 @@ def train_prior(cfg: PriorTrainConfig, out_dir: Path, resume: bool = False,
     gen = torch.Generator().manual_seed(cfg.seed)
     if resume:
         _check_same_architecture(out_dir, cfg)
-    step = _load_checkpoint(out_dir, model, ema, opt, gen) if resume else 0
+    step, start_step = _load_checkpoint(out_dir, model, ema, opt, gen) if resume else (0, 0)
+    if step == 0 and cfg.init_from:
+        from dream3d.priors.warm_start import warm_start
+
+        step = start_step = warm_start(model, Path(cfg.init_from), cfg.world, out_dir)
+        ema = EMA(model, cfg.ema_decay)
+        gen.manual_seed(cfg.seed + step)  # new data draws, not a replay of the first run's
     root = Path(cfg.data_root) if cfg.data_root else None
     world = get_world(cfg.world)
     pool = ShardPool(cfg.model.resolution, root, world) if cfg.data == "shards" else None
@@ -295,7 +305,7 @@ def train_prior(cfg: PriorTrainConfig, out_dir: Path, resume: bool = False,
                     group_pool.refresh()
             batch, n_views = _batch(cfg, pool, gen, group_pool)
             for g in opt.param_groups:
-                g["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+                g["lr"] = cfg.lr * min(1.0, (step - start_step + 1) / max(1, cfg.warmup_steps))
             loss = training_loss(model, alphas_cumprod, batch, cfg, gen, n_views, codec)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -320,7 +330,7 @@ def train_prior(cfg: PriorTrainConfig, out_dir: Path, resume: bool = False,
                     + (f" data {len(pool)}" if pool else ""))
             final = step == cfg.steps
             if final or time.time() - last_ckpt > cfg.checkpoint_seconds or step % cfg.checkpoint_steps == 0:
-                _save_checkpoint(out_dir, step, model, ema, opt, gen, cfg)
+                _save_checkpoint(out_dir, step, model, ema, opt, gen, cfg, start_step)
                 export_ema_prior(model, ema, scheduler, out_dir, step, cfg, codec)
                 last_ckpt = time.time()
                 log(f"checkpoint at step {step}")
@@ -332,7 +342,7 @@ def train_prior(cfg: PriorTrainConfig, out_dir: Path, resume: bool = False,
     if bar is not None:
         bar.stop()
     if stop.requested:  # Ctrl-C / SIGTERM: the step in flight finished; keep it and say how to go on
-        _save_checkpoint(out_dir, step, model, ema, opt, gen, cfg)
+        _save_checkpoint(out_dir, step, model, ema, opt, gen, cfg, start_step)
         export_ema_prior(model, ema, scheduler, out_dir, step, cfg, codec)
         log(f"stopped by {stop.signal_name} at step {step}; checkpoint written, continue with `dream3d prior train`")
         raise KeyboardInterrupt
