@@ -36,6 +36,7 @@ def prior_train(
     decoder_steps: int = typer.Option(0, help="With --latent: decoder-only VAE steps (sharper decodes, the same "
                                       "latents), run before the diffusion model goes on."),
     lr: float = typer.Option(2e-4, help="AdamW learning rate after warm-up."),
+    device: str = typer.Option("cpu", help="cpu, or cuda: the model trains there, the data is drawn on the CPU."),
     init_from: Optional[Path] = typer.Option(None, help="A prior folder (e.g. an exported prior/) to warm-start a new "
                                              "run from: its weights, EMA and step count, a fresh optimizer."),
 ) -> None:
@@ -54,6 +55,8 @@ def prior_train(
 
     if steps <= 0 or batch_size <= 0 or shards <= 0 or decoder_steps < 0 or lr <= 0:
         raise UserError("--steps, --batch-size, --shards and --lr must be positive, --decoder-steps at least 0")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise UserError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
     if init_from is not None and not (init_from / "prior.json").is_file():
         raise UserError(f"--init-from {init_from}: not a prior folder (it has no prior.json)")
     if not 0.0 <= suffix_prob <= 1.0:
@@ -64,7 +67,7 @@ def prior_train(
     the_world = get_world(world)
     cfg = PriorTrainConfig(steps=steps, batch_size=batch_size, seed=seed, suffix_prob=suffix_prob, views=views,
                            single_view_fraction=single_view_fraction, world=world, latent=latent,
-                           decoder_steps=decoder_steps, lr=lr,
+                           decoder_steps=decoder_steps, lr=lr, device=device,
                            init_from=str(init_from) if init_from is not None else None)
     res, root = cfg.model.resolution, world_root(None, the_world)
     todo = [partial(write_shard, i, 2048, res, world=the_world) for i in range(shards)

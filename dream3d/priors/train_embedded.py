@@ -90,6 +90,9 @@ class PriorTrainConfig:
     """The world (objects, colours, vocabulary) to train on: tiny-shapes or toy-world (dream3d.priors.worlds)."""
     threads: int = 0
     """torch threads; 0 = tune between 1 and 2 by measured step time (the machine is shared)."""
+    device: str = "cpu"
+    """Where the model trains: cpu, or cuda (the data is drawn on the CPU either way, so a run is the
+    same draw for draw, up to the float arithmetic of the device)."""
     bf16: bool = False
     """bf16 autocast for the forward pass."""
     checkpoint_seconds: float = 240.0
@@ -147,22 +150,23 @@ def training_loss(model: EmbeddedDiffusionModel, alphas_cumprod: torch.Tensor, b
     A latent model learns the latents of its frozen VAE (`codec`)."""
     B = batch.images.shape[0]
     G = B // n_views
+    dev = next(model.parameters()).device
     per_view = lambda v: v.repeat_interleave(n_views, 0)  # noqa: E731 - per group -> per view (N = 1: as is)
-    x0 = batch.images.permute(0, 3, 1, 2) * 2.0 - 1.0
+    x0 = batch.images.permute(0, 3, 1, 2).to(dev) * 2.0 - 1.0
     if codec is not None:
         with torch.no_grad():
             x0 = codec.encode_pixels(x0)
     x0 = x0.contiguous(memory_format=torch.channels_last)
     t = per_view(torch.randint(0, alphas_cumprod.shape[0], (G,), generator=gen))
-    eps = torch.randn(x0.shape, generator=gen)
-    a = alphas_cumprod[t].view(B, 1, 1, 1)
+    eps = torch.randn(x0.shape, generator=gen).to(dev)  # drawn on the CPU: the same noise on every device
+    a = alphas_cumprod.to(dev)[t.to(dev)].view(B, 1, 1, 1)
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
     drop_text = per_view(torch.rand(G, generator=gen) < cfg.text_dropout).tolist()
     prompts = ["" if d else c for c, d in zip(batch.captions, drop_text)]
     keep_cam = per_view((torch.rand(G, generator=gen) >= cfg.camera_dropout).float())[:, None]
-    pose = batch.cameras.pose_features() * keep_cam
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-        pred = model(x_t, t, model.embed(prompts), pose, n_views=n_views)
+    pose = (batch.cameras.pose_features() * keep_cam).to(dev)
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        pred = model(x_t, t.to(dev), model.embed(prompts), pose, n_views=n_views)
     per_sample = ((pred.float() - eps) ** 2).mean(dim=(1, 2, 3))
     if cfg.min_snr_gamma > 0:
         snr = a.view(B) / (1 - a.view(B))
@@ -180,15 +184,16 @@ def _save_checkpoint(out_dir: Path, step: int, model, ema: EMA, opt, gen: torch.
                      opt, {"step": step, "start_step": start_step, "config": asdict(cfg)}, gen)
 
 
-def _load_checkpoint(out_dir: Path, model, ema: EMA, opt, gen: torch.Generator) -> tuple[int, int]:
+def _load_checkpoint(out_dir: Path, model, ema: EMA, opt, gen: torch.Generator,
+                     device: torch.device = torch.device("cpu")) -> tuple[int, int]:
     """Restore the newest complete checkpoint; returns its step and the step the run started at
     (not 0 for a warm-started run); (0, 0) if there is none."""
     for name in ("checkpoint", "checkpoint.old"):
         d = out_dir / name
         if (d / "state.json").exists():
             model.load_state_dict(load_file(d / "model.safetensors"))
-            ema.shadow = load_file(d / "ema.safetensors")
-            opt.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True))
+            ema.shadow = load_file(d / "ema.safetensors", device=str(device))
+            opt.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True, map_location=device))
             state = json.loads((d / "state.json").read_text())
             gen.set_state(torch.tensor(state["rng"], dtype=torch.uint8))
             return int(state["step"]), int(state.get("start_step", 0))
@@ -218,7 +223,7 @@ def export_ema_prior(model, ema: EMA, scheduler, out_dir: Path, step: int, cfg: 
     """Save the EMA weights as a prior folder (`out_dir/prior`), swapped in atomically."""
     import copy
 
-    ema_model = copy.deepcopy(model)
+    ema_model = copy.deepcopy(model).cpu()
     ema.copy_to(ema_model)
     tmp, final = out_dir / "prior.tmp", out_dir / "prior"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -235,7 +240,7 @@ def export_ema_prior(model, ema: EMA, scheduler, out_dir: Path, step: int, cfg: 
         notes.append(f"latent space: a VAE trained first on the same renders ({cfg.autoencoder.steps} steps at batch "
                      f"{cfg.autoencoder.batch_size}; `dream3d.priors.autoencoder`)")
     save_prior(ema_model, scheduler, tmp, PriorCard(train_steps=step, batch_size=cfg.batch_size, notes=notes),
-               vae=codec.vae if codec is not None else None)
+               vae=copy.deepcopy(codec.vae).cpu() if codec is not None else None)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     return final
@@ -261,9 +266,12 @@ def train_prior(cfg: PriorTrainConfig, out_dir: Path, resume: bool = False,
                         f"{cfg.autoencoder.latent_channels}; they must agree")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: this torch sees no CUDA device (torch.cuda.is_available() is False)")
     tuner = ThreadTuner(cfg.threads)
-    torch.manual_seed(cfg.seed)  # weight initialisation
-    model = EmbeddedDiffusionModel(cfg.model, world=get_world(cfg.world)).to(memory_format=torch.channels_last)
+    torch.manual_seed(cfg.seed)  # weight initialisation, on the CPU: the same start on every device
+    model = EmbeddedDiffusionModel(cfg.model, world=get_world(cfg.world)).to(device, memory_format=torch.channels_last)
     scheduler = build_scheduler(cfg.model)
     alphas_cumprod = scheduler.alphas_cumprod.float()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -271,7 +279,7 @@ def train_prior(cfg: PriorTrainConfig, out_dir: Path, resume: bool = False,
     gen = torch.Generator().manual_seed(cfg.seed)
     if resume:
         _check_same_architecture(out_dir, cfg)
-    step, start_step = _load_checkpoint(out_dir, model, ema, opt, gen) if resume else (0, 0)
+    step, start_step = _load_checkpoint(out_dir, model, ema, opt, gen, device) if resume else (0, 0)
     if step == 0 and cfg.init_from:
         from dream3d.priors.warm_start import warm_start
 
@@ -288,6 +296,7 @@ def train_prior(cfg: PriorTrainConfig, out_dir: Path, resume: bool = False,
     codec = None
     if cfg.latent:
         codec = _trained_codec(cfg, out_dir, group_pool or pool, world, resume, plain_log)
+        codec.vae.to(device)
     bar = progress_bar(step, cfg.steps) if sys.stdout.isatty() else None
     log = (lambda msg: bar.console.log(msg)) if bar else plain_log  # noqa: E731
     log(f"start step {step}/{cfg.steps}; unet {parameter_count(model.unet):,} params, text encoder "

@@ -30,7 +30,7 @@ def write_checkpoint(out_dir: Path, name: str, weights: dict[str, dict], opt, st
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for file, tensors in weights.items():
-        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, tmp / file)
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp / file)
     torch.save(opt.state_dict(), tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps({**state, "rng": gen.get_state().tolist(), "time": time.time()}))
     if final.exists():
@@ -89,7 +89,7 @@ def write_sample_grid(model, ema: EMA, scheduler, path: Path, seed: int = 0, col
     cams = orbit_cameras(torch.full((n,), 15.0), az, torch.full((n,), 2.9), torch.full((n,), 45.0), r, r)
     imgs = ddim_sample(ema_model, scheduler, prompts, cams.pose_features(), guidance_scale=SAMPLE_GUIDANCE_SCALE,
                        steps=25, generator=torch.Generator().manual_seed(seed),
-                       decode=codec.decode if codec is not None else None)
+                       decode=codec.decode if codec is not None else None).cpu()
     rows = math.ceil(n / cols)
     grid = torch.ones(rows * cols, r, r, 3)
     grid[:n] = imgs
