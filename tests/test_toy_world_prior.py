@@ -1,7 +1,6 @@
 """The toy-world latent prior kept in assets/priors/toy-world while it trains: small, complete, loads
 offline through dream3d and through `diffusers.StableDiffusionPipeline`, denoises groups of joint
-views, and its text already moves its prediction (the colour more than nothing, a named object more
-than the empty prompt)."""
+views, and its samples already take the prompt's colour far more often than chance."""
 from __future__ import annotations
 
 import json
@@ -52,10 +51,15 @@ def test_stable_diffusion_pipeline_loads_and_samples_it():
     assert out.shape == (1, 3, 64, 64) and torch.isfinite(out).all()
 
 
-def test_its_text_moves_the_prediction(prior):
-    x = torch.randn(8, prior.model.cfg.latent_channels, 16, 16, generator=torch.Generator().manual_seed(0))
-    t = torch.full((8,), 500)
-    with torch.no_grad():
-        eps = {p: prior.model(x, t, prior.model.embed([p] * 8)) for p in ("a red cube", "a blue cube", "")}
-    moved = lambda a, b: float((eps[a] - eps[b]).norm() / eps[a].norm())  # noqa: E731
-    assert moved("a red cube", "a blue cube") > 0.01 and moved("a red cube", "") > 0.01
+def test_its_samples_take_the_prompts_colour_more_often_than_chance(prior):
+    from dream3d.evaluation.classifier import load_classifier
+    from dream3d.priors.vocab import caption
+
+    # one prompt per colour (objects in turn), read by the toy-world classifier; chance is 1 in 14
+    colours, objects = prior.world.colours, prior.world.objects
+    prompts = [caption(c, objects[(5 * i) % len(objects)]) for i, c in enumerate(colours)]
+    images = prior.sample(prompts, n=1, guidance_scale=5.0, steps=20, seed=0)
+    clf = load_classifier(world=prior.world)
+    read = clf.predict(images).colour_logits.argmax(-1)
+    right = sum(clf.cfg.colours[int(r)] == c for r, c in zip(read, colours))
+    assert right >= len(colours) // 3, f"{right} of {len(colours)} colours read"
