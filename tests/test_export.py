@@ -378,6 +378,23 @@ def test_failed_video_write_keeps_earlier_file(tmp_path, monkeypatch):
     assert no_temp_files(tmp_path)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_float_frames_become_uint8_like_numpys_clip_and_round(dtype):
+    from dream3d.export.video import to_uint8_frames
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-0.2, 1.2, (3, 5, 7, 1)).astype(dtype)
+    x[0, 0, :4, 0] = np.array([0.5, 1.5, 2.5, 254.5]) / 255.0  # halves round to even, as np.round does
+    ref = np.repeat(np.round(np.clip(x.astype(np.float32), 0.0, 1.0) * 255.0).astype(np.uint8), 3, axis=-1)
+    before = x.copy()
+    np.testing.assert_array_equal(to_uint8_frames(x), ref)
+    np.testing.assert_array_equal(to_uint8_frames(torch.from_numpy(x)), ref)
+    np.testing.assert_array_equal(x, before)  # the caller's frames are left as they were
+    x[1, 2, 3, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        to_uint8_frames(x)
+
+
 def test_side_by_side_and_frame_checks():
     a, b = solid_frames(2, 4, 5), np.zeros((2, 4, 3, 3), np.float32)
     out = side_by_side([a, torch.from_numpy(b)])
