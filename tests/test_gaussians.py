@@ -350,6 +350,49 @@ def test_mesh_colours_come_from_the_nearby_gaussians():
     assert (mesh.vertex_colors[~left] - torch.tensor([0.0, 0.0, 1.0])).abs().max().item() < 0.05
 
 
+def test_closing_matches_max_pools_of_the_edge_padded_grid():
+    """`surface_grid`'s closing (scipy, separable) equals a dilation then an erosion by torch's
+    max-pool over the grid padded with its edge values, density and density x colour alike."""
+    rep = small(n_init=60, mesh_smoothing=0.0, mesh_closing=0.1)
+    with torch.no_grad():
+        rep.opacity_logits.uniform_(-2.0, 3.0)
+    res = 21
+    density, weighted = rep.density_grid(res)
+    closed, closed_weighted = rep.surface_grid(res)
+    k = round(0.1 / (2.0 / (res - 1)))
+
+    def close(x):  # [C, R, R, R]
+        pad = lambda y: torch.nn.functional.pad(y[None], (k,) * 6, mode="replicate")[0]  # noqa: E731
+        pool = lambda y: torch.nn.functional.max_pool3d(pad(y), 2 * k + 1, 1)  # noqa: E731
+        return -pool(-pool(x))
+
+    torch.testing.assert_close(closed, close(density[None])[0])
+    torch.testing.assert_close(closed_weighted, close(weighted.permute(3, 0, 1, 2)).permute(1, 2, 3, 0))
+    assert (closed >= density - 1e-6).all() and (closed > density + 1e-3).any()  # closing only adds
+
+
+@pytest.mark.parametrize("closing, components", [(0.0, 2), (0.06, 1)])
+def test_closing_bridges_a_narrow_crack_and_keeps_a_ring_open(closing, components):
+    """Two blobs 0.1 apart (narrower than the 0.06 half-side footprint) join; a ring of
+    radius 0.5 keeps its hole (genus 1) either way."""
+    rep = small(n_init=2, mesh_smoothing=0.0, mesh_closing=closing)
+    with torch.no_grad():
+        rep.means.copy_(torch.tensor([[-0.17, 0.0, 0.0], [0.17, 0.0, 0.0]]))
+        rep.log_scales.fill_(math.log(0.1))
+        rep.opacity_logits.fill_(20.0)
+    pair = trimesh.Trimesh(rep.extract_mesh(64).vertices.numpy(), rep.extract_mesh(64).faces.numpy())
+    assert len(pair.split(only_watertight=False)) == components
+    angles = torch.linspace(0, 2 * math.pi, 41)[:-1]
+    ring = small(n_init=40, mesh_smoothing=0.0, mesh_closing=closing)
+    with torch.no_grad():
+        ring.means.copy_(torch.stack([0.5 * angles.cos(), torch.zeros(40), 0.5 * angles.sin()], -1))
+        ring.log_scales.fill_(math.log(0.08))
+        ring.opacity_logits.fill_(20.0)
+    mesh = ring.extract_mesh(64)
+    ring_mesh = trimesh.Trimesh(mesh.vertices.numpy(), mesh.faces.numpy())
+    assert ring_mesh.is_watertight and 1 - ring_mesh.euler_number // 2 == 1
+
+
 def test_empty_density_raises_user_error():
     rep = small(n_init=10)
     with torch.no_grad():

@@ -92,6 +92,11 @@ class GaussianConfig:
     """Std of the Gaussian blur (world units) applied to the density before its isosurface is taken (0 = none):
     splats leave lumps a few cells wide. 0.04 made the default's surfaces smooth and watertight but rounded a
     cube until it read as a cylinder; 0.02 kept it a cube (README, Geometry)."""
+    mesh_closing: float = 0.06
+    """Half side (world units) of the cube with which the density is closed (dilated, then eroded) before the
+    blur (0 = none): fills pits and tunnels narrower than it, which splats leave between them, and leaves
+    convex edges and wider holes (a torus's) as they are. 0.06 removed the spurious handles of the default's
+    sphere, cube and pyramid (genus 1-9 -> 0) and kept every torus hole (README, Geometry)."""
     lr: dict[str, float] = field(default_factory=lambda: {
         "means": 1e-3, "scales": 5e-3, "rotations": 1e-3, "opacities": 5e-2, "colors": 1e-2})
     """Adam learning rate per parameter group."""
@@ -337,16 +342,23 @@ class Gaussians(Representation):
 
     @torch.no_grad()
     def surface_grid(self, resolution: int) -> tuple[Tensor, Tensor]:
-        """`density_grid` blurred by `mesh_smoothing` (density and density x colour alike, so colours
-        stay weighted means): the field whose isosurface becomes a mesh."""
+        """`density_grid` closed by `mesh_closing`, then blurred by `mesh_smoothing` (density and
+        density x colour alike, so colours stay weighted means): the field whose isosurface becomes a mesh."""
+        from scipy.ndimage import gaussian_filter, grey_closing
+
         density, weighted = self.density_grid(resolution)
-        sigma = self.cfg.mesh_smoothing / (2.0 * self.cfg.mesh_bound / (resolution - 1))  # in grid cells
+        cell = 2.0 * self.cfg.mesh_bound / (resolution - 1)
+        numpy_op = lambda op, x, **kw: torch.from_numpy(op(x.cpu().numpy(), **kw)).to(x)  # noqa: E731
+        k = round(self.cfg.mesh_closing / cell)  # half side in grid cells
+        if k > 0:  # a cube footprint: scipy closes it as separable 1-D passes, ~0.1 s at 96^3
+            side = 2 * k + 1
+            density = numpy_op(grey_closing, density, size=(side,) * 3, mode="nearest")
+            weighted = numpy_op(grey_closing, weighted, size=(side,) * 3 + (1,), mode="nearest")
+        sigma = self.cfg.mesh_smoothing / cell  # in grid cells
         if sigma <= 0:
             return density, weighted
-        from scipy.ndimage import gaussian_filter
-
-        blur = lambda x, s: torch.from_numpy(gaussian_filter(x.cpu().numpy(), s, mode="constant")).to(x)  # noqa: E731
-        return blur(density, sigma), blur(weighted, (sigma, sigma, sigma, 0))
+        return (numpy_op(gaussian_filter, density, sigma=sigma, mode="constant"),
+                numpy_op(gaussian_filter, weighted, sigma=(sigma, sigma, sigma, 0), mode="constant"))
 
     @torch.no_grad()
     def extract_mesh(self, resolution: int) -> Mesh:
